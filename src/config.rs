@@ -1,0 +1,603 @@
+//! The configuration file: its format, its defaults, its validation, and the memory ceiling the
+//! table sizes imply.
+//!
+//! Format: one `key = value` per line, `#` starts a comment, blank lines are ignored, keys are
+//! lower-case words with `_`. Every error names the file, the line, the key and what was expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What to do when Prosody rejects the component secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Exit with status 2 (systemd/procd restart us after their own delay).
+    Exit,
+    /// Keep retrying with the reconnect back-off.
+    Retry,
+}
+
+/// The effective settings, after defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Component JID Prosody knows us as (`Component "sse.example.org"`).
+    pub component: String,
+    /// The `component_secret` of that component.
+    pub secret: String,
+    /// Prosody's component port, `host:port`.
+    pub upstream: String,
+    /// The MUC service, e.g. `conference.example.org`.
+    pub muc: String,
+    /// Room nodes to watch (`lobby` for `lobby@conference.example.org`).
+    pub rooms: Vec<String>,
+    /// Nickname used in every room.
+    pub nick: String,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: log::LevelFilter,
+    /// Room table capacity (at least `rooms.len()`).
+    pub max_rooms: usize,
+    /// Subscriber table capacity, all rooms together.
+    pub max_subscribers: usize,
+    /// HTTP connections still sending their request head, at most.
+    pub max_pending_requests: usize,
+    /// Events kept per room for subscribers that are behind.
+    pub ring_events: usize,
+    /// Bytes of event frames kept per room (the newest event is always kept).
+    pub ring_bytes: usize,
+    /// Largest upstream stanza accepted, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Largest HTTP request head accepted, in bytes.
+    pub max_head_bytes: usize,
+    /// Time a client has to send its request head.
+    pub header_timeout: Duration,
+    /// Whitespace keepalive interval on the component link.
+    pub keepalive: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Reaction to a rejected secret.
+    pub auth_failure: AuthFailure,
+}
+
+/// A configuration error, pointing at the place to fix.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line, 0 when the error is about a missing key.
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: key `{}`: {}", self.file, self.key, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: key `{}`: {}",
+                self.file, self.line, self.key, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every key the file may hold, with its default (`None` = required) and a one-line help.
+pub const KEYS: &[(&str, Option<&str>, &str)] = &[
+    (
+        "component",
+        None,
+        "component JID, as in Prosody's `Component \"...\"`",
+    ),
+    ("secret", None, "the component_secret of that component"),
+    (
+        "upstream",
+        Some("127.0.0.1:5347"),
+        "Prosody component port, host:port",
+    ),
+    ("muc", None, "MUC service, e.g. conference.example.org"),
+    (
+        "rooms",
+        None,
+        "comma-separated room nodes, e.g. lobby, news",
+    ),
+    ("nick", Some("eventsource"), "nickname used in every room"),
+    (
+        "listen",
+        Some("127.0.0.1:8080"),
+        "HTTP listen address, ip:port",
+    ),
+    (
+        "log_level",
+        Some("info"),
+        "error, warn, info, debug or trace",
+    ),
+    (
+        "max_rooms",
+        Some("0"),
+        "room table capacity; 0 = number of rooms",
+    ),
+    (
+        "max_subscribers",
+        Some("1024"),
+        "SSE subscribers, all rooms together",
+    ),
+    (
+        "max_pending_requests",
+        Some("64"),
+        "connections still sending their request",
+    ),
+    (
+        "ring_events",
+        Some("64"),
+        "events kept per room for late readers",
+    ),
+    (
+        "ring_bytes",
+        Some("262144"),
+        "bytes of events kept per room",
+    ),
+    (
+        "max_stanza_bytes",
+        Some("262144"),
+        "largest upstream stanza, bytes",
+    ),
+    (
+        "max_head_bytes",
+        Some("8192"),
+        "largest HTTP request head, bytes",
+    ),
+    (
+        "header_timeout_secs",
+        Some("10"),
+        "time a client has to send its request",
+    ),
+    (
+        "keepalive_secs",
+        Some("60"),
+        "whitespace keepalive on the component link",
+    ),
+    ("reconnect_min_secs", Some("1"), "first reconnect delay"),
+    ("reconnect_max_secs", Some("60"), "largest reconnect delay"),
+    (
+        "auth_failure",
+        Some("exit"),
+        "on a rejected secret: exit (status 2) or retry",
+    ),
+];
+
+/// Parses configuration text. `file` is only used in error messages.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let mut values: Vec<(&'static str, String, usize)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = strip_comment(raw).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            line,
+            key: key.to_string(),
+            message,
+        };
+        let Some((key, value)) = content.split_once('=') else {
+            return Err(err(
+                content,
+                "expected `key = value` (a `#` starts a comment)".into(),
+            ));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let Some(&(known, _, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
+            return Err(err(
+                key,
+                format!("unknown key; known keys are: {}", key_list()),
+            ));
+        };
+        if values.iter().any(|(k, _, _)| *k == known) {
+            return Err(err(key, "given twice; keep one".into()));
+        }
+        values.push((known, value.to_string(), line));
+    }
+    build(file, &values)
+}
+
+/// Cuts a `#` comment: at the start of the line or after whitespace, so `secret = a#b` keeps its `#`.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+fn key_list() -> String {
+    KEYS.iter()
+        .map(|(k, _, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config, ConfigError> {
+    let get = |key: &'static str| -> Result<(String, usize), ConfigError> {
+        if let Some((_, v, line)) = values.iter().find(|(k, _, _)| *k == key) {
+            return Ok((v.clone(), *line));
+        }
+        let (_, default, help) = KEYS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .expect("every key read is listed in KEYS");
+        match default {
+            Some(d) => Ok((d.to_string(), 0)),
+            None => Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                key: key.to_string(),
+                message: format!("missing; add `{key} = ...` ({help})"),
+            }),
+        }
+    };
+    let fail = |key: &str, line: usize, message: String| ConfigError {
+        file: file.to_string(),
+        line,
+        key: key.to_string(),
+        message,
+    };
+    let number = |key: &'static str, min: usize, max: usize| -> Result<usize, ConfigError> {
+        let (v, line) = get(key)?;
+        match v.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(fail(
+                key,
+                line,
+                format!("expected a whole number from {min} to {max}, found `{v}`"),
+            )),
+        }
+    };
+    let jid_part = |key: &'static str| -> Result<String, ConfigError> {
+        let (v, line) = get(key)?;
+        if v.is_empty() || !v.chars().all(is_domain_char) {
+            return Err(fail(
+                key,
+                line,
+                format!("expected a domain name like sse.example.org, found `{v}`"),
+            ));
+        }
+        Ok(v)
+    };
+
+    let component = jid_part("component")?;
+    let muc = jid_part("muc")?;
+    let (secret, secret_line) = get("secret")?;
+    if secret.is_empty() {
+        return Err(fail(
+            "secret",
+            secret_line,
+            "empty; copy the component_secret from Prosody's config".into(),
+        ));
+    }
+    let (upstream, upstream_line) = get("upstream")?;
+    if upstream
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(fail(
+            "upstream",
+            upstream_line,
+            format!("expected host:port such as 127.0.0.1:5347, found `{upstream}`"),
+        ));
+    }
+    let (rooms_text, rooms_line) = get("rooms")?;
+    let mut rooms: Vec<String> = Vec::new();
+    for room in rooms_text
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        if let Err(why) = check_room_node(room) {
+            return Err(fail("rooms", rooms_line, format!("room `{room}`: {why}")));
+        }
+        if !rooms.iter().any(|r| r == room) {
+            rooms.push(room.to_string());
+        }
+    }
+    if rooms.is_empty() {
+        return Err(fail(
+            "rooms",
+            rooms_line,
+            "expected at least one room node, e.g. `rooms = lobby, news`".into(),
+        ));
+    }
+    let (nick, nick_line) = get("nick")?;
+    if nick.is_empty() || nick.len() > 64 || nick.chars().any(|c| c.is_control() || c == '/') {
+        return Err(fail(
+            "nick",
+            nick_line,
+            "expected 1 to 64 characters, no `/` and no control characters".into(),
+        ));
+    }
+    let (listen_text, listen_line) = get("listen")?;
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        fail(
+            "listen",
+            listen_line,
+            format!("expected ip:port such as 0.0.0.0:8080 or [::]:8080, found `{listen_text}`"),
+        )
+    })?;
+    let (level_text, level_line) = get("log_level")?;
+    let log_level = parse_level(&level_text).ok_or_else(|| {
+        fail(
+            "log_level",
+            level_line,
+            format!("expected error, warn, info, debug or trace, found `{level_text}`"),
+        )
+    })?;
+    let max_rooms_given = number("max_rooms", 0, 4096)?;
+    let max_rooms = if max_rooms_given == 0 {
+        rooms.len()
+    } else {
+        max_rooms_given
+    };
+    if rooms.len() > max_rooms {
+        let line = values
+            .iter()
+            .find(|(k, _, _)| *k == "max_rooms")
+            .map_or(0, |v| v.2);
+        return Err(fail(
+            "max_rooms",
+            line,
+            format!(
+                "{} rooms are listed but the table holds {max_rooms}; raise max_rooms",
+                rooms.len()
+            ),
+        ));
+    }
+    let (auth_text, auth_line) = get("auth_failure")?;
+    let auth_failure = match auth_text.as_str() {
+        "exit" => AuthFailure::Exit,
+        "retry" => AuthFailure::Retry,
+        _ => {
+            return Err(fail(
+                "auth_failure",
+                auth_line,
+                format!("expected exit or retry, found `{auth_text}`"),
+            ));
+        }
+    };
+    let reconnect_min = secs(number("reconnect_min_secs", 1, 3600)?);
+    let reconnect_max = secs(number("reconnect_max_secs", 1, 86400)?);
+    if reconnect_max < reconnect_min {
+        return Err(fail(
+            "reconnect_max_secs",
+            0,
+            "must not be smaller than reconnect_min_secs".into(),
+        ));
+    }
+    Ok(Config {
+        component,
+        secret,
+        upstream,
+        muc,
+        rooms,
+        nick,
+        listen,
+        log_level,
+        max_rooms,
+        max_subscribers: number("max_subscribers", 1, 1_000_000)?,
+        max_pending_requests: number("max_pending_requests", 1, 100_000)?,
+        ring_events: number("ring_events", 1, 65_536)?,
+        ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
+        max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
+        max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
+        header_timeout: secs(number("header_timeout_secs", 1, 3600)?),
+        keepalive: secs(number("keepalive_secs", 1, 86400)?),
+        reconnect_min,
+        reconnect_max,
+        auth_failure,
+    })
+}
+
+fn secs(n: usize) -> Duration {
+    Duration::from_secs(n as u64)
+}
+
+fn is_domain_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '.' || c == '-' || c == '_'
+}
+
+/// A room node (the local part of the room JID) we are willing to put in a JID we send.
+pub fn check_room_node(room: &str) -> Result<(), &'static str> {
+    if room.is_empty() || room.len() > 1023 {
+        return Err("must be 1 to 1023 bytes");
+    }
+    if room
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || "\"&'/:<>@".contains(c) || c == '\u{fffd}')
+    {
+        return Err("must not contain spaces, control characters or any of \" & ' / : < > @");
+    }
+    Ok(())
+}
+
+fn parse_level(text: &str) -> Option<log::LevelFilter> {
+    Some(match text {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+/// Parses a `--log-level` flag value.
+pub fn level_from_flag(text: &str) -> Option<log::LevelFilter> {
+    parse_level(text)
+}
+
+/// The memory the tables may hold at most, by part, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    pub rings: usize,
+    pub subscribers: usize,
+    pub pending_requests: usize,
+    pub upstream: usize,
+    pub fixed: usize,
+}
+
+impl Ceiling {
+    pub fn total(&self) -> usize {
+        self.rings + self.subscribers + self.pending_requests + self.upstream + self.fixed
+    }
+}
+
+/// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
+/// Measured with `--check-config` sizes plus the allocator's overhead; see docs.
+pub const SUBSCRIBER_BYTES: usize = 1024;
+/// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
+pub const FIXED_BYTES: usize = 2 << 20;
+
+/// Largest SSE frame one stanza can produce: JSON escaping grows a byte to at most six.
+pub fn max_frame_bytes(max_stanza_bytes: usize) -> usize {
+    max_stanza_bytes * 6 + 128
+}
+
+impl Config {
+    /// Upper bound of the heap the configured tables can reach.
+    pub fn ceiling(&self) -> Ceiling {
+        let frame = max_frame_bytes(self.max_stanza_bytes);
+        let ring_slots = self.ring_events * 16;
+        Ceiling {
+            // Each ring may go over its byte budget by one frame (the newest is always kept).
+            rings: self.max_rooms * (self.ring_bytes + frame + ring_slots + 256),
+            subscribers: self.max_subscribers * SUBSCRIBER_BYTES,
+            pending_requests: self.max_pending_requests * (self.max_head_bytes + 1024),
+            // Receive buffer, one parsed stanza tree (at most ~4× its text), send buffer.
+            upstream: self.max_stanza_bytes * 6 + 64 * 1024,
+            fixed: FIXED_BYTES,
+        }
+    }
+
+    /// The settings as `key = value` lines (secret hidden), followed by the memory ceiling.
+    pub fn describe(&self) -> String {
+        let c = self.ceiling();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
+        line("component", self.component.clone());
+        line("secret", format!("<{} bytes, hidden>", self.secret.len()));
+        line("upstream", self.upstream.clone());
+        line("muc", self.muc.clone());
+        line("rooms", self.rooms.join(", "));
+        line("nick", self.nick.clone());
+        line("listen", self.listen.to_string());
+        line("log_level", self.log_level.to_string().to_lowercase());
+        line("max_rooms", self.max_rooms.to_string());
+        line("max_subscribers", self.max_subscribers.to_string());
+        line(
+            "max_pending_requests",
+            self.max_pending_requests.to_string(),
+        );
+        line("ring_events", self.ring_events.to_string());
+        line("ring_bytes", self.ring_bytes.to_string());
+        line("max_stanza_bytes", self.max_stanza_bytes.to_string());
+        line("max_head_bytes", self.max_head_bytes.to_string());
+        line(
+            "header_timeout_secs",
+            self.header_timeout.as_secs().to_string(),
+        );
+        line("keepalive_secs", self.keepalive.as_secs().to_string());
+        line(
+            "reconnect_min_secs",
+            self.reconnect_min.as_secs().to_string(),
+        );
+        line(
+            "reconnect_max_secs",
+            self.reconnect_max.as_secs().to_string(),
+        );
+        line(
+            "auth_failure",
+            match self.auth_failure {
+                AuthFailure::Exit => "exit".into(),
+                AuthFailure::Retry => "retry".into(),
+            },
+        );
+        out.push_str(&format!(
+            "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + pending requests {} + upstream {} + process {}\n",
+            c.total(),
+            c.total() as f64 / (1024.0 * 1024.0),
+            c.rings,
+            c.subscribers,
+            c.pending_requests,
+            c.upstream,
+            c.fixed
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "component = sse.localhost\nsecret = s\nmuc = conference.localhost\nrooms = lobby, news\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse("t.conf", MINIMAL).unwrap();
+        assert_eq!(c.rooms, vec!["lobby", "news"]);
+        assert_eq!(c.max_rooms, 2);
+        assert_eq!(c.upstream, "127.0.0.1:5347");
+        assert_eq!(c.auth_failure, AuthFailure::Exit);
+        assert!(c.describe().contains("memory ceiling"));
+        assert!(
+            !c.describe().contains("= s\n"),
+            "secret must not be printed"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse("x.conf", &format!("{MINIMAL}\nring_events = lots\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (6, "ring_events"));
+        assert!(
+            e.to_string().starts_with("x.conf:6: key `ring_events`"),
+            "{e}"
+        );
+        let e = parse("x.conf", "component = a\nsecret = b\nrooms = r\n").unwrap_err();
+        assert_eq!(e.key, "muc");
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = parse("x.conf", &format!("{MINIMAL}colour = blue\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
+        let e = parse("x.conf", &format!("{MINIMAL}just words\n")).unwrap_err();
+        assert!(e.to_string().contains("key = value"), "{e}");
+        let e = parse("x.conf", &format!("{MINIMAL}max_rooms = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("raise max_rooms"), "{e}");
+        let e = parse("x.conf", &format!("{MINIMAL}rooms = a b\n")).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_room_names_are_rejected() {
+        for bad in ["a b", "a@b", "a/b", "<x>", "a'b"] {
+            let text = MINIMAL.replace("lobby, news", bad);
+            assert!(parse("t", &text).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn comments_and_blank_lines() {
+        let text = format!("# top\n\n{MINIMAL}nick = watcher # trailing comment\n");
+        assert_eq!(parse("t", &text).unwrap().nick, "watcher");
+        let text = MINIMAL.replace("secret = s", "secret = a#b");
+        assert_eq!(parse("t", &text).unwrap().secret, "a#b");
+    }
+}

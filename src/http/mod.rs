@@ -1,0 +1,7 @@
+//! The downstream side: a small, strict HTTP/1.1 GET server and the SSE writer that streams a
+//! room's frames to each subscriber.
+
+pub mod request;
+pub mod routes;
+pub mod server;
+pub mod sse;

@@ -1,0 +1,142 @@
+//! The HTTP/1.1 request head: parsed strictly with `httparse` into the few facts the routes use.
+//!
+//! Request bodies are never read (every response closes the connection), so `Expect:
+//! 100-continue`, `Content-Length` and `Transfer-Encoding` need no handling beyond being ignored.
+
+/// Headers accepted in one request; more is `431`.
+pub const MAX_HEADERS: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Options,
+    Other,
+}
+
+/// What the routes need from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: Method,
+    /// Path part of the target, still percent-encoded.
+    pub path: String,
+    /// Query part without the `?` (empty when none).
+    pub query: String,
+}
+
+/// Why a request head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// `400`: not HTTP/1.x, or a malformed line or header.
+    Malformed(&'static str),
+    /// `431`: head larger than `max_head_bytes` or too many headers.
+    TooLarge,
+}
+
+/// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (the caller
+/// enforces the size limit and answers [`Reject::TooLarge`] when `buf` is full).
+pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
+        Err(httparse::Error::Version) => return Err(Reject::Malformed("not an HTTP/1.x request")),
+        Err(httparse::Error::Token | httparse::Error::Status) => {
+            return Err(Reject::Malformed("malformed method or request line"));
+        }
+        Err(_) => return Err(Reject::Malformed("malformed request line or header")),
+    };
+    if status.is_partial() {
+        return Ok(None);
+    }
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("");
+    if !(target.starts_with('/') || (method == Method::Options && target == "*")) {
+        return Err(Reject::Malformed(
+            "request target must be a path starting with /",
+        ));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query.split('#').next().unwrap_or("");
+    Ok(Some(Head {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+    }))
+}
+
+/// Decodes `%XX` escapes; `None` if an escape is broken or the result is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_browser_request() {
+        let req = b"GET /eventsource/lobby?x=1 HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\nExpect: 100-continue\r\n\r\n";
+        let head = parse(req).unwrap().unwrap();
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(
+            (head.path.as_str(), head.query.as_str()),
+            ("/eventsource/lobby", "x=1")
+        );
+        assert_eq!(parse(&req[..20]).unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_what_is_not_http() {
+        assert!(matches!(
+            parse(b"GET / SPDY/3\r\n\r\n"),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"G\x01T / HTTP/1.1\r\n\r\n"),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET http://x/ HTTP/1.1\r\n\r\n"),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            Err(Reject::Malformed(_))
+        ));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(parse(many.as_bytes()), Err(Reject::TooLarge));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("a%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The HTTP/1.1 server: accepts connections, reads one request head under a size and time
+//! limit, answers it, and hands event-stream requests to the SSE writer.
+//!
+//! Every connection is one task on the executor; nothing here starts a thread. Connections still
+//! sending their head are capped (`max_pending_requests`); subscribers are capped by the room
+//! table's fixed subscriber table.
+
+use std::cell::Cell;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use async_executor::LocalExecutor;
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+
+use super::request::{self, Head, Reject};
+use super::routes::{self, Reply, Route};
+use super::sse;
+use crate::config::Config;
+use crate::rooms::table::RoomTable;
+use crate::shutdown::Shutdown;
+
+/// Time allowed to write a short reply before giving up on the client.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What connections share.
+pub struct Server {
+    pub config: &'static Config,
+    pub table: &'static RoomTable,
+    pub shutdown: &'static Shutdown,
+    pending: Cell<usize>,
+}
+
+impl Server {
+    pub fn new(
+        config: &'static Config,
+        table: &'static RoomTable,
+        shutdown: &'static Shutdown,
+    ) -> Server {
+        Server {
+            config,
+            table,
+            shutdown,
+            pending: Cell::new(0),
+        }
+    }
+}
+
+/// Binds the listening socket (before the executor starts, so errors stop start-up).
+pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
+    Async::<TcpListener>::bind(addr)
+}
+
+/// Accepts connections until shutdown.
+pub async fn serve(
+    server: &'static Server,
+    listener: Async<TcpListener>,
+    executor: &'static LocalExecutor<'static>,
+) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            server.shutdown.wait().await;
+            None
+        })
+        .await;
+        let (socket, peer) = match accepted {
+            None => return,
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning on a full descriptor table.
+                log::warn!(
+                    "accept failed: {e}; raise the open-file limit (ulimit -n) if this repeats"
+                );
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if server.pending.get() >= server.config.max_pending_requests {
+            log::debug!(
+                "{peer}: refused, {} requests already pending",
+                server.pending.get()
+            );
+            let reply = Reply {
+                status: 503,
+                headers: "Retry-After: 5\r\n",
+                body: "busy, retry later\n".into(),
+                head_only: false,
+            };
+            let _ = socket.get_ref().set_nonblocking(true);
+            let _ = std::io::Write::write(&mut socket.get_ref(), &reply.to_bytes());
+            continue;
+        }
+        executor.spawn(connection(server, socket, peer)).detach();
+    }
+}
+
+/// Counts a connection as pending until dropped.
+struct Pending<'a>(&'a Cell<usize>);
+
+impl<'a> Pending<'a> {
+    fn new(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Pending(count)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: SocketAddr) {
+    let pending = Pending::new(&server.pending);
+    let config = server.config;
+    let head = future::or(read_head(&socket, config.max_head_bytes), async {
+        Timer::after(config.header_timeout).await;
+        Err(None)
+    })
+    .await;
+    drop(pending);
+    let head = match head {
+        Ok(head) => head,
+        Err(None) => {
+            log::debug!(
+                "{peer}: no complete request within {:?}",
+                config.header_timeout
+            );
+            let reply = Reply {
+                status: 408,
+                headers: "",
+                body: "request timeout\n".into(),
+                head_only: false,
+            };
+            send(&socket, &reply.to_bytes()).await;
+            return;
+        }
+        Err(Some(Ok(why))) => {
+            log::debug!("{peer}: rejected request: {why:?}");
+            send(&socket, &routes::reject(why).to_bytes()).await;
+            return;
+        }
+        Err(Some(Err(_))) => return,
+    };
+    match routes::route(&head, server.table) {
+        Route::Reply(reply) => {
+            log::debug!(
+                "{peer}: {:?} {} -> {}",
+                head.method,
+                head.path,
+                reply.status
+            );
+            send(&socket, &reply.to_bytes()).await;
+        }
+        Route::Stream { room } => {
+            let Some(sub) = server.table.subscribe(room) else {
+                log::warn!(
+                    "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
+                    config.max_subscribers
+                );
+                let reply = Reply {
+                    status: 503,
+                    headers: "Retry-After: 10\r\n",
+                    body: "too many subscribers, retry later\n".into(),
+                    head_only: false,
+                };
+                send(&socket, &reply.to_bytes()).await;
+                return;
+            };
+            let room = sub.room();
+            log::debug!(
+                "{peer}: subscribed to {} ({} subscribers)",
+                room.jid,
+                room.subscribers()
+            );
+            let ended = sse::stream(&sub, &socket, routes::STREAM_HEAD.as_bytes()).await;
+            match ended {
+                sse::Ended::Lapped => log::debug!(
+                    "{peer}: dropped from {}: fell more than the ring behind ({} dropped so far)",
+                    room.jid,
+                    server.table.stats.dropped_slow.get()
+                ),
+                other => log::debug!("{peer}: stream of {} ended: {other:?}", room.jid),
+            }
+        }
+    }
+}
+
+/// Reads until a complete head. `Err(Some(Ok(reject)))`: refuse it; `Err(Some(Err))`: I/O error.
+async fn read_head(
+    socket: &Async<TcpStream>,
+    max: usize,
+) -> Result<Head, Option<Result<Reject, io::Error>>> {
+    let mut buf = Vec::with_capacity(max.min(1024));
+    let mut chunk = [0u8; 1024];
+    loop {
+        let room = (max - buf.len()).min(chunk.len());
+        if room == 0 {
+            return Err(Some(Ok(Reject::TooLarge)));
+        }
+        let n = match (&*socket).read(&mut chunk[..room]).await {
+            Ok(0) => return Err(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
+            Ok(n) => n,
+            Err(e) => return Err(Some(Err(e))),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match request::parse(&buf) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(why) => return Err(Some(Ok(why))),
+        }
+    }
+}
+
+/// Writes a short reply, bounded in time, and closes.
+async fn send(socket: &Async<TcpStream>, bytes: &[u8]) {
+    let mut writer = socket;
+    let _ = future::or(
+        async {
+            let _ = writer.write_all(bytes).await;
+            let _ = writer.flush().await;
+        },
+        async {
+            Timer::after(REPLY_TIMEOUT).await;
+        },
+    )
+    .await;
+    let _ = socket.get_ref().shutdown(std::net::Shutdown::Write);
+}

@@ -1,0 +1,126 @@
+//! The bounded ring of one room's recent event frames.
+//!
+//! Events are numbered by a sequence that only grows. The ring keeps at most `capacity` events
+//! and at most `max_bytes` of frames (the newest event is always kept, whatever its size), so a
+//! room's memory has a ceiling. A subscriber is a sequence number into this ring; one whose next
+//! event has been evicted has fallen behind and is dropped by its writer.
+
+use std::rc::Rc;
+
+pub struct Ring {
+    slots: Box<[Option<Rc<[u8]>>]>,
+    /// Sequence number the next pushed event gets.
+    head: u64,
+    /// Events held: `head - len .. head`.
+    len: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Ring {
+    /// All slots are allocated here, once.
+    pub fn new(capacity: usize, max_bytes: usize) -> Ring {
+        assert!(capacity > 0, "ring capacity is validated by the config");
+        Ring {
+            slots: vec![None; capacity].into_boxed_slice(),
+            head: 0,
+            len: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Sequence number of the next event.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Sequence number of the oldest event still held (`== head()` when empty).
+    pub fn oldest(&self) -> u64 {
+        self.head - self.len as u64
+    }
+
+    /// Bytes of frames held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds an event, evicting the oldest ones as the count or byte budget requires.
+    /// Returns its sequence number.
+    pub fn push(&mut self, frame: Rc<[u8]>) -> u64 {
+        while self.len == self.slots.len()
+            || (self.len > 0 && self.bytes + frame.len() > self.max_bytes)
+        {
+            self.evict_oldest();
+        }
+        let seq = self.head;
+        let cap = self.slots.len();
+        self.bytes += frame.len();
+        self.slots[(seq % cap as u64) as usize] = Some(frame);
+        self.head += 1;
+        self.len += 1;
+        seq
+    }
+
+    fn evict_oldest(&mut self) {
+        let cap = self.slots.len() as u64;
+        let index = (self.oldest() % cap) as usize;
+        if let Some(frame) = self.slots[index].take() {
+            self.bytes -= frame.len();
+        }
+        self.len -= 1;
+    }
+
+    /// The frame with sequence number `seq`, if still held.
+    pub fn get(&self, seq: u64) -> Option<&Rc<[u8]>> {
+        if seq < self.oldest() || seq >= self.head {
+            return None;
+        }
+        self.slots[(seq % self.slots.len() as u64) as usize].as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Rc<[u8]> {
+        vec![b'x'; n].into()
+    }
+
+    #[test]
+    fn keeps_the_newest_events_by_count() {
+        let mut r = Ring::new(3, 1 << 20);
+        for i in 0..5 {
+            assert_eq!(r.push(frame(i + 1)), i as u64);
+        }
+        assert_eq!((r.oldest(), r.head(), r.len()), (2, 5, 3));
+        assert!(r.get(1).is_none());
+        assert_eq!(r.get(2).unwrap().len(), 3);
+        assert_eq!(r.get(4).unwrap().len(), 5);
+        assert!(r.get(5).is_none());
+        assert_eq!(r.bytes(), 3 + 4 + 5);
+    }
+
+    #[test]
+    fn byte_budget_evicts_but_keeps_the_newest() {
+        let mut r = Ring::new(10, 100);
+        r.push(frame(40));
+        r.push(frame(40));
+        r.push(frame(40));
+        assert_eq!((r.oldest(), r.len(), r.bytes()), (1, 2, 80));
+        r.push(frame(500));
+        assert_eq!((r.oldest(), r.len(), r.bytes()), (3, 1, 500));
+        r.push(frame(10));
+        assert_eq!((r.oldest(), r.len(), r.bytes()), (4, 1, 10));
+    }
+}

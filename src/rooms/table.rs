@@ -1,0 +1,360 @@
+//! The room table: every room the daemon serves, its ring, its join state, and the fixed-size
+//! subscriber table with the wake-up lists that connect a room's new events to its writers.
+//!
+//! Both tables are allocated once by [`RoomTable::new`] from the configuration and never grow.
+//! Everything here is single-threaded (`Cell`/`RefCell`): it lives on the one executor thread.
+//! Writers (the XMPP side) call [`RoomTable::publish`]; readers (SSE subscribers) hold a
+//! [`Subscription`] and read frames from the ring by sequence number.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::Waker;
+
+use super::ring::Ring;
+
+/// Where the daemon stands with a room upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinState {
+    /// Not joined yet (or the component link is down).
+    Joining,
+    /// Self-presence received: events are flowing.
+    Joined,
+    /// The MUC service refused or removed us; the text says why.
+    Failed(&'static str),
+}
+
+pub struct Room {
+    /// Room node, lower-case (`lobby`).
+    pub node: String,
+    /// Room bare JID (`lobby@conference.example.org`).
+    pub jid: String,
+    ring: RefCell<Ring>,
+    state: Cell<JoinState>,
+    /// First subscriber slot of this room's wake-up list, or [`NONE`].
+    first: Cell<u32>,
+    subscribers: Cell<usize>,
+}
+
+impl Room {
+    pub fn ring(&self) -> std::cell::Ref<'_, Ring> {
+        self.ring.borrow()
+    }
+
+    pub fn state(&self) -> JoinState {
+        self.state.get()
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.get()
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+struct Slot {
+    room: u32,
+    next: u32,
+    prev: u32,
+    waker: Option<Waker>,
+}
+
+struct Subscribers {
+    slots: Box<[Slot]>,
+    free: Vec<u32>,
+}
+
+/// Counters read by logs, `/metrics` and tests.
+#[derive(Default)]
+pub struct Stats {
+    pub events_in: Cell<u64>,
+    pub dropped_slow: Cell<u64>,
+    pub rejected_full: Cell<u64>,
+}
+
+pub struct RoomTable {
+    rooms: Box<[Room]>,
+    used: Cell<usize>,
+    subs: RefCell<Subscribers>,
+    closing: Cell<bool>,
+    pub stats: Stats,
+}
+
+/// A subscriber's place in the table; frees the slot when dropped.
+pub struct Subscription<'t> {
+    table: &'t RoomTable,
+    slot: u32,
+    room: usize,
+}
+
+impl RoomTable {
+    /// Allocates `max_rooms` rooms (each with its ring) and `max_subscribers` subscriber slots.
+    pub fn new(
+        max_rooms: usize,
+        ring_events: usize,
+        ring_bytes: usize,
+        max_subscribers: usize,
+    ) -> RoomTable {
+        let rooms = (0..max_rooms)
+            .map(|_| Room {
+                node: String::new(),
+                jid: String::new(),
+                ring: RefCell::new(Ring::new(ring_events, ring_bytes)),
+                state: Cell::new(JoinState::Joining),
+                first: Cell::new(NONE),
+                subscribers: Cell::new(0),
+            })
+            .collect();
+        let slots = (0..max_subscribers)
+            .map(|_| Slot {
+                room: NONE,
+                next: NONE,
+                prev: NONE,
+                waker: None,
+            })
+            .collect();
+        RoomTable {
+            rooms,
+            used: Cell::new(0),
+            subs: RefCell::new(Subscribers {
+                slots,
+                free: (0..max_subscribers as u32).rev().collect(),
+            }),
+            closing: Cell::new(false),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Puts a room into the next free entry. Only called at start-up, before any `&Room` is
+    /// handed out (it needs `&mut self`). Returns `None` when the table is full.
+    pub fn add(&mut self, node: &str, muc: &str) -> Option<usize> {
+        let index = self.used.get();
+        let room = self.rooms.get_mut(index)?;
+        room.node = node.to_lowercase();
+        room.jid = format!("{}@{}", room.node, muc.to_lowercase());
+        self.used.set(index + 1);
+        Some(index)
+    }
+
+    /// Rooms in use, by index.
+    pub fn rooms(&self) -> &[Room] {
+        &self.rooms[..self.used.get()]
+    }
+
+    pub fn room(&self, index: usize) -> &Room {
+        &self.rooms()[index]
+    }
+
+    /// Index of the room with this node (case-insensitive, as XMPP node names are).
+    pub fn find_node(&self, node: &str) -> Option<usize> {
+        self.rooms()
+            .iter()
+            .position(|r| r.node.eq_ignore_ascii_case(node) || r.node == node.to_lowercase())
+    }
+
+    /// Index of the room with this bare JID.
+    pub fn find_jid(&self, jid: &str) -> Option<usize> {
+        self.rooms()
+            .iter()
+            .position(|r| r.jid.eq_ignore_ascii_case(jid) || r.jid == jid.to_lowercase())
+    }
+
+    /// Appends a frame to a room's ring and wakes that room's subscribers. Returns its sequence.
+    pub fn publish(&self, room: usize, frame: Rc<[u8]>) -> u64 {
+        let seq = self.rooms()[room].ring.borrow_mut().push(frame);
+        self.stats.events_in.set(self.stats.events_in.get() + 1);
+        self.wake_room(room);
+        seq
+    }
+
+    pub fn set_state(&self, room: usize, state: JoinState) {
+        self.rooms()[room].state.set(state);
+    }
+
+    /// Wakes every subscriber of one room.
+    pub fn wake_room(&self, room: usize) {
+        let subs = self.subs.borrow();
+        let mut at = self.rooms()[room].first.get();
+        while at != NONE {
+            let slot = &subs.slots[at as usize];
+            if let Some(waker) = &slot.waker {
+                waker.wake_by_ref();
+            }
+            at = slot.next;
+        }
+    }
+
+    /// Asks every subscriber to finish (shutdown) and wakes them all.
+    pub fn close_all(&self) {
+        self.closing.set(true);
+        for room in 0..self.rooms().len() {
+            self.wake_room(room);
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Subscribers connected, all rooms.
+    pub fn subscriber_count(&self) -> usize {
+        let subs = self.subs.borrow();
+        subs.slots.len() - subs.free.len()
+    }
+
+    /// Takes a subscriber slot for `room`; `None` when the subscriber table is full.
+    pub fn subscribe(&self, room: usize) -> Option<Subscription<'_>> {
+        let mut subs = self.subs.borrow_mut();
+        let Some(slot) = subs.free.pop() else {
+            self.stats
+                .rejected_full
+                .set(self.stats.rejected_full.get() + 1);
+            return None;
+        };
+        let r = &self.rooms()[room];
+        let old_first = r.first.get();
+        subs.slots[slot as usize] = Slot {
+            room: room as u32,
+            next: old_first,
+            prev: NONE,
+            waker: None,
+        };
+        if old_first != NONE {
+            subs.slots[old_first as usize].prev = slot;
+        }
+        r.first.set(slot);
+        r.subscribers.set(r.subscribers.get() + 1);
+        Some(Subscription {
+            table: self,
+            slot,
+            room,
+        })
+    }
+
+    fn unsubscribe(&self, slot: u32) {
+        let mut subs = self.subs.borrow_mut();
+        let Slot {
+            room, next, prev, ..
+        } = std::mem::replace(
+            &mut subs.slots[slot as usize],
+            Slot {
+                room: NONE,
+                next: NONE,
+                prev: NONE,
+                waker: None,
+            },
+        );
+        let r = &self.rooms()[room as usize];
+        if prev == NONE {
+            r.first.set(next);
+        } else {
+            subs.slots[prev as usize].next = next;
+        }
+        if next != NONE {
+            subs.slots[next as usize].prev = prev;
+        }
+        r.subscribers.set(r.subscribers.get() - 1);
+        subs.free.push(slot);
+    }
+}
+
+impl Subscription<'_> {
+    pub fn room(&self) -> &Room {
+        self.table.room(self.room)
+    }
+
+    /// Stores the waker to call when the room has news (cheap when it is the same task's).
+    pub fn register(&self, waker: &Waker) {
+        let mut subs = self.table.subs.borrow_mut();
+        let slot = &mut subs.slots[self.slot as usize];
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        self.table.closing()
+    }
+
+    /// Counts this subscriber as dropped for being too slow.
+    pub fn count_dropped_slow(&self) {
+        let s = &self.table.stats.dropped_slow;
+        s.set(s.get() + 1);
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        self.table.unsubscribe(self.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn table() -> RoomTable {
+        let mut t = RoomTable::new(2, 4, 1 << 16, 3);
+        t.add("Lobby", "conference.localhost").unwrap();
+        t.add("news", "conference.localhost").unwrap();
+        assert!(t.add("extra", "conference.localhost").is_none());
+        t
+    }
+
+    #[test]
+    fn rooms_are_found_case_insensitively() {
+        let t = table();
+        assert_eq!(t.find_node("lobby"), Some(0));
+        assert_eq!(t.find_node("LOBBY"), Some(0));
+        assert_eq!(t.find_jid("news@Conference.localhost"), Some(1));
+        assert_eq!(t.find_node("nope"), None);
+    }
+
+    #[test]
+    fn publish_wakes_only_that_rooms_subscribers() {
+        let t = table();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let sa = t.subscribe(0).unwrap();
+        let sb = t.subscribe(1).unwrap();
+        sa.register(&Waker::from(a.clone()));
+        sb.register(&Waker::from(b.clone()));
+        t.publish(0, b"data: 1\n\n".to_vec().into());
+        t.publish(0, b"data: 2\n\n".to_vec().into());
+        assert_eq!(a.0.load(Ordering::SeqCst), 2);
+        assert_eq!(b.0.load(Ordering::SeqCst), 0);
+        t.close_all();
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn subscriber_table_is_fixed_and_slots_are_reused() {
+        let t = table();
+        let s1 = t.subscribe(0).unwrap();
+        let s2 = t.subscribe(0).unwrap();
+        let s3 = t.subscribe(1).unwrap();
+        assert!(t.subscribe(1).is_none());
+        assert_eq!(t.stats.rejected_full.get(), 1);
+        assert_eq!((t.room(0).subscribers(), t.subscriber_count()), (2, 3));
+        drop(s2);
+        let s4 = t.subscribe(0).unwrap();
+        drop(s1);
+        drop(s4);
+        assert_eq!(t.room(0).subscribers(), 0);
+        assert_eq!(t.room(0).first.get(), NONE);
+        drop(s3);
+        assert_eq!(t.subscriber_count(), 0);
+    }
+}

@@ -1,0 +1,621 @@
+//! The XEP-0114 component link to Prosody: connect, stream header, SHA-1 handshake, then the
+//! session loop that joins every room, reads stanzas, publishes room events into the room table,
+//! keeps the link alive, and reconnects with back-off when it drops.
+//!
+//! This task is the only writer of the upstream socket and the only publisher into the rooms.
+
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
+
+use super::muc::{self, MucEvent};
+use super::stream::{Element, Piece, Splitter, StreamError, escape};
+use crate::config::{AuthFailure, Config};
+use crate::rooms::frame;
+use crate::rooms::table::{JoinState, RoomTable};
+use crate::shutdown::Shutdown;
+
+const NS_COMPONENT: &str = "jabber:component:accept";
+const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_PING: &str = "urn:xmpp:ping";
+/// Deepest element nesting accepted upstream (real stanzas use fewer than 10 levels).
+const MAX_DEPTH: u32 = 32;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Prosody may take to answer the stream header and the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a room that does not exist (or refused us) is looked at again.
+const ROOM_RECHECK: Duration = Duration::from_secs(60);
+
+/// Why the component task stopped for good.
+#[derive(Debug)]
+pub enum Fatal {
+    /// Prosody rejected the secret and `auth_failure = exit`.
+    AuthRejected,
+}
+
+/// Why one session ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    AuthRejected(String),
+    Lost(String),
+}
+
+impl From<io::Error> for End {
+    fn from(e: io::Error) -> End {
+        End::Lost(format!("I/O error: {e}"))
+    }
+}
+
+impl From<StreamError> for End {
+    fn from(e: StreamError) -> End {
+        End::Lost(format!("bad XML from the server: {e}"))
+    }
+}
+
+/// Runs the component link until shutdown, reconnecting with exponential back-off and jitter.
+pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Result<(), Fatal> {
+    let mut delay = config.reconnect_min;
+    loop {
+        let started = Instant::now();
+        let end = session(config, table, shutdown).await;
+        for index in 0..table.rooms().len() {
+            if !matches!(table.room(index).state(), JoinState::Failed(_)) {
+                table.set_state(index, JoinState::Joining);
+            }
+        }
+        match end {
+            End::Shutdown => return Ok(()),
+            End::AuthRejected(why) => {
+                log::error!(
+                    "Prosody rejected the component secret for `{}` ({why}): check `secret` in the config against `component_secret` of Component \"{}\" in Prosody's config",
+                    config.component,
+                    config.component
+                );
+                if config.auth_failure == AuthFailure::Exit {
+                    return Err(Fatal::AuthRejected);
+                }
+            }
+            End::Lost(why) => log::warn!("upstream link to {} lost: {why}", config.upstream),
+        }
+        if started.elapsed() > config.reconnect_max * 2 {
+            delay = config.reconnect_min;
+        }
+        let wait = jitter(delay);
+        log::info!(
+            "reconnecting to {} in {:.1} s",
+            config.upstream,
+            wait.as_secs_f64()
+        );
+        let slept = future::or(
+            async {
+                Timer::after(wait).await;
+                true
+            },
+            async {
+                shutdown.wait().await;
+                false
+            },
+        )
+        .await;
+        if !slept {
+            return Ok(());
+        }
+        delay = (delay * 2).min(config.reconnect_max);
+    }
+}
+
+/// 75 % to 125 % of `delay`, so many daemons restarted together do not reconnect in step.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(0.75 + fastrand_f64() * 0.5)
+}
+
+fn fastrand_f64() -> f64 {
+    // Sub-second clock bits are random enough for spreading reconnects.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// Per-room state the link keeps (the room table keeps what the HTTP side needs to see).
+struct RoomLink {
+    nick: String,
+    phase: Phase,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// disco#info sent: does the room exist?
+    Checking,
+    /// Join presence sent.
+    Joining,
+    Joined,
+    /// Waiting for `retry_at` to check and join again.
+    Waiting,
+    /// Banned or the room was destroyed: not retried until restart.
+    GaveUp,
+}
+
+struct Upstream {
+    socket: Async<TcpStream>,
+    splitter: Splitter,
+    last_write: Instant,
+}
+
+impl Upstream {
+    async fn send(&mut self, xml: &str) -> io::Result<()> {
+        log::trace!("upstream <- {xml}");
+        (&self.socket).write_all(xml.as_bytes()).await?;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Reads until the splitter yields a piece, returned parsed (used during the handshake).
+    async fn next_parsed(&mut self, buf: &mut [u8]) -> Result<Parsed, End> {
+        loop {
+            match self.splitter.next_piece()? {
+                Some(Piece::Open(b)) => return Ok(Parsed::Open(Element::parse_open(b)?)),
+                Some(Piece::Stanza(b)) => {
+                    return Ok(Parsed::Stanza(Element::parse(b, NS_COMPONENT)?));
+                }
+                Some(Piece::Close) => return Ok(Parsed::Closed),
+                None => {}
+            }
+            let n = (&self.socket).read(buf).await?;
+            if n == 0 {
+                return Ok(Parsed::Closed);
+            }
+            self.splitter.feed(&buf[..n]);
+        }
+    }
+}
+
+enum Parsed {
+    Open(Element),
+    Stanza(Element),
+    Closed,
+}
+
+async fn connect(config: &Config) -> Result<Async<TcpStream>, End> {
+    let addrs: Vec<_> = config
+        .upstream
+        .to_socket_addrs()
+        .map_err(|e| {
+            End::Lost(format!(
+                "cannot resolve `upstream = {}`: {e}; check the host name",
+                config.upstream
+            ))
+        })?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        let attempt = future::or(
+            async { Some(Async::<TcpStream>::connect(addr).await) },
+            async {
+                Timer::after(CONNECT_TIMEOUT).await;
+                None
+            },
+        )
+        .await;
+        match attempt {
+            Some(Ok(socket)) => return Ok(socket),
+            Some(Err(e)) => last = format!("{addr}: {e}"),
+            None => last = format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    Err(End::Lost(format!(
+        "cannot connect to `upstream = {}` ({last}); is Prosody running with component_ports including that port?",
+        config.upstream
+    )))
+}
+
+/// Reads the stream header and does the handshake. Returns when stanzas may flow.
+async fn handshake(config: &Config, up: &mut Upstream, buf: &mut [u8]) -> Result<(), End> {
+    up.send(&format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
+        escape(&config.component)
+    ))
+    .await?;
+    let id = match up.next_parsed(buf).await? {
+        Parsed::Open(header) => header
+            .attr("id")
+            .map(str::to_string)
+            .ok_or_else(|| End::Lost("the server's stream header has no id".into()))?,
+        Parsed::Stanza(e) => {
+            return Err(End::Lost(format!(
+                "expected a stream header, got <{}>",
+                e.name
+            )));
+        }
+        Parsed::Closed => {
+            return Err(End::Lost(
+                "the server closed the stream before its header".into(),
+            ));
+        }
+    };
+    let digest = sha1_smol::Sha1::from(format!("{id}{}", config.secret)).digest();
+    up.send(&format!("<handshake>{digest}</handshake>")).await?;
+    match up.next_parsed(buf).await? {
+        Parsed::Stanza(reply) if reply.name == "handshake" => Ok(()),
+        Parsed::Stanza(reply) => {
+            let condition = stream_error_condition(&reply);
+            if condition == "not-authorized" {
+                return Err(End::AuthRejected(condition));
+            }
+            if condition == "host-unknown" || condition == "conflict" {
+                return Err(End::Lost(format!(
+                    "Prosody refused the component name `{}`: {condition}; is there a `Component \"{}\"` in Prosody's config (and no other process connected as it)?",
+                    config.component, config.component
+                )));
+            }
+            Err(End::Lost(format!("handshake refused: {condition}")))
+        }
+        Parsed::Closed => Err(End::AuthRejected(
+            "stream closed during the handshake".into(),
+        )),
+        Parsed::Open(_) => Err(End::Lost("second stream header".into())),
+    }
+}
+
+fn stream_error_condition(e: &Element) -> String {
+    e.children
+        .iter()
+        .find(|c| c.ns == NS_STREAM_ERRORS && c.name != "text")
+        .map_or_else(|| format!("<{}>", e.name), |c| c.name.clone())
+}
+
+async fn session(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> End {
+    let socket = match connect(config).await {
+        Ok(s) => s,
+        Err(end) => return end,
+    };
+    let mut up = Upstream {
+        socket,
+        splitter: Splitter::new(config.max_stanza_bytes, MAX_DEPTH),
+        last_write: Instant::now(),
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    let shaken = future::or(
+        async { Some(handshake(config, &mut up, &mut buf).await) },
+        async {
+            Timer::after(HANDSHAKE_TIMEOUT).await;
+            None
+        },
+    );
+    let shaken = future::or(shaken, async {
+        shutdown.wait().await;
+        Some(Err(End::Shutdown))
+    })
+    .await;
+    match shaken {
+        Some(Ok(())) => {}
+        Some(Err(end)) => return end,
+        None => return End::Lost(format!("no handshake answer within {HANDSHAKE_TIMEOUT:?}")),
+    }
+    log::info!(
+        "component handshake accepted: connected to {} as {}",
+        config.upstream,
+        config.component
+    );
+    let mut links: Vec<RoomLink> = table
+        .rooms()
+        .iter()
+        .map(|_| RoomLink {
+            nick: config.nick.clone(),
+            phase: Phase::Checking,
+            retry_at: None,
+        })
+        .collect();
+    match serve(config, table, shutdown, &mut up, &mut links, &mut buf).await {
+        Ok(()) => {
+            for (index, link) in links.iter().enumerate() {
+                if link.phase == Phase::Joined {
+                    let room = table.room(index);
+                    let _ = up
+                        .send(&muc::leave(&config.component, &room.jid, &link.nick))
+                        .await;
+                }
+            }
+            let _ = up.send("</stream:stream>").await;
+            log::info!("left all rooms and closed the component stream");
+            End::Shutdown
+        }
+        Err(end) => end,
+    }
+}
+
+enum Wake {
+    Read(io::Result<usize>),
+    Tick,
+    Shutdown,
+}
+
+/// The session loop after the handshake. `Ok` means shutdown was requested.
+async fn serve(
+    config: &Config,
+    table: &RoomTable,
+    shutdown: &Shutdown,
+    up: &mut Upstream,
+    links: &mut [RoomLink],
+    buf: &mut [u8],
+) -> Result<(), End> {
+    for index in 0..links.len() {
+        check_room(config, table, up, links, index).await?;
+    }
+    let mut tick = Timer::interval(Duration::from_secs(1));
+    loop {
+        let wake = future::or(
+            async { Wake::Read((&up.socket).read(buf).await) },
+            future::or(
+                async {
+                    tick.next().await;
+                    Wake::Tick
+                },
+                async {
+                    shutdown.wait().await;
+                    Wake::Shutdown
+                },
+            ),
+        )
+        .await;
+        match wake {
+            Wake::Shutdown => return Ok(()),
+            Wake::Tick => {
+                if up.last_write.elapsed() >= config.keepalive {
+                    up.send(" ").await?;
+                }
+                let now = Instant::now();
+                for index in 0..links.len() {
+                    if links[index].phase == Phase::Waiting
+                        && links[index].retry_at.is_some_and(|t| t <= now)
+                    {
+                        check_room(config, table, up, links, index).await?;
+                    }
+                }
+            }
+            Wake::Read(read) => {
+                let n = read?;
+                if n == 0 {
+                    return Err(End::Lost("the server closed the connection".into()));
+                }
+                up.splitter.feed(&buf[..n]);
+                loop {
+                    let stanza = match up.splitter.next_piece()? {
+                        None => break,
+                        Some(Piece::Stanza(bytes)) => Element::parse(bytes, NS_COMPONENT)?,
+                        Some(Piece::Close) => {
+                            return Err(End::Lost("the server closed the stream".into()));
+                        }
+                        Some(Piece::Open(_)) => {
+                            return Err(End::Lost("unexpected second stream header".into()));
+                        }
+                    };
+                    handle(config, table, up, links, &stanza).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the room whether it exists (disco#info) before joining: joining a missing room would
+/// create it, and muc-eventsource never creates rooms.
+async fn check_room(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    links: &mut [RoomLink],
+    index: usize,
+) -> io::Result<()> {
+    links[index].phase = Phase::Checking;
+    links[index].retry_at = None;
+    let room = table.room(index);
+    up.send(&format!(
+        "<iq type='get' id='disco-{index}' from='{}' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
+        escape(&config.component),
+        escape(&room.jid)
+    ))
+    .await
+}
+
+async fn join(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    link: &mut RoomLink,
+    index: usize,
+) -> io::Result<()> {
+    link.phase = Phase::Joining;
+    up.send(&muc::join(
+        &config.component,
+        &table.room(index).jid,
+        &link.nick,
+    ))
+    .await
+}
+
+fn wait_and_retry(link: &mut RoomLink, after: Duration) {
+    link.phase = Phase::Waiting;
+    link.retry_at = Some(Instant::now() + after);
+}
+
+async fn handle(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    links: &mut [RoomLink],
+    stanza: &Element,
+) -> Result<(), End> {
+    log::trace!("upstream -> {stanza:?}");
+    if stanza.name == "error" && stanza.ns == "http://etherx.jabber.org/streams" {
+        return Err(End::Lost(format!(
+            "stream error from the server: {}",
+            stream_error_condition(stanza)
+        )));
+    }
+    if stanza.name == "iq" {
+        return handle_iq(config, table, up, links, stanza).await;
+    }
+    let from_room = stanza
+        .attr("from")
+        .and_then(|from| table.find_jid(muc::split_jid(from).0));
+    let event = muc::classify(stanza, from_room.map(|i| links[i].nick.as_str()));
+    let room_of = |jid: &str| table.find_jid(jid);
+    match event {
+        MucEvent::Message { room, nick, body } => {
+            if let Some(index) = room_of(room) {
+                let seq = table.publish(index, frame::message(nick, body));
+                log::trace!("room {room}: event {seq} from {nick:?}");
+            }
+        }
+        MucEvent::Joined { room, nick } => {
+            if let Some(index) = room_of(room) {
+                links[index].phase = Phase::Joined;
+                links[index].nick = nick.to_string();
+                table.set_state(index, JoinState::Joined);
+                log::info!("joined room {room} as {nick}");
+            }
+        }
+        MucEvent::JoinError {
+            room,
+            condition,
+            text,
+        } => {
+            let Some(index) = room_of(room) else {
+                return Ok(());
+            };
+            let text = text.map(|t| format!(" ({t})")).unwrap_or_default();
+            let why = muc::explain_condition(condition);
+            if condition == "conflict" && links[index].nick.len() < config.nick.len() + 8 {
+                links[index].nick.push('_');
+                log::warn!(
+                    "room {room}: nick in use{text}; joining as {}",
+                    links[index].nick
+                );
+                join(config, table, up, &mut links[index], index).await?;
+                return Ok(());
+            }
+            log::warn!(
+                "room {room}: join refused: {condition}{text}: {why}; retrying in {ROOM_RECHECK:?}"
+            );
+            table.set_state(index, JoinState::Failed(why));
+            wait_and_retry(&mut links[index], ROOM_RECHECK);
+        }
+        MucEvent::Removed {
+            room,
+            codes,
+            destroyed,
+        } => {
+            let Some(index) = room_of(room) else {
+                return Ok(());
+            };
+            let link = &mut links[index];
+            if destroyed {
+                log::warn!("room {room} was destroyed; it will not be joined again until restart");
+                link.phase = Phase::GaveUp;
+                table.set_state(index, JoinState::Failed("the room was destroyed"));
+            } else if codes.contains(&301) {
+                log::warn!("banned from room {room}; it will not be joined again until restart");
+                link.phase = Phase::GaveUp;
+                table.set_state(index, JoinState::Failed("banned from the room"));
+            } else {
+                log::warn!(
+                    "removed from room {room} (status {codes:?}); rejoining in {:?}",
+                    config.reconnect_min
+                );
+                table.set_state(index, JoinState::Joining);
+                wait_and_retry(link, config.reconnect_min);
+            }
+        }
+        MucEvent::Ignored => {}
+    }
+    Ok(())
+}
+
+async fn handle_iq(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    links: &mut [RoomLink],
+    iq: &Element,
+) -> Result<(), End> {
+    let id = iq.attr("id").unwrap_or("");
+    let from = iq.attr("from").unwrap_or("");
+    let to = iq.attr("to").unwrap_or(&config.component);
+    match iq.attr("type") {
+        Some("get") | Some("set") => {
+            let reply = if iq.attr("type") == Some("get") && iq.child("ping", NS_PING).is_some() {
+                format!(
+                    "<iq type='result' id='{}' from='{}' to='{}'/>",
+                    escape(id),
+                    escape(to),
+                    escape(from)
+                )
+            } else if iq.attr("type") == Some("get") && iq.child("query", NS_DISCO_INFO).is_some() {
+                format!(
+                    "<iq type='result' id='{}' from='{}' to='{}'><query xmlns='{NS_DISCO_INFO}'><identity category='component' type='generic' name='muc-eventsource'/><feature var='{NS_DISCO_INFO}'/><feature var='{NS_PING}'/></query></iq>",
+                    escape(id),
+                    escape(to),
+                    escape(from)
+                )
+            } else {
+                format!(
+                    "<iq type='error' id='{}' from='{}' to='{}'><error type='cancel'><service-unavailable xmlns='{}'/></error></iq>",
+                    escape(id),
+                    escape(to),
+                    escape(from),
+                    muc::NS_STANZAS
+                )
+            };
+            up.send(&reply).await?;
+        }
+        Some(kind @ ("result" | "error")) => {
+            let Some(index) = id
+                .strip_prefix("disco-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&i| i < links.len())
+            else {
+                return Ok(());
+            };
+            if links[index].phase != Phase::Checking {
+                return Ok(());
+            }
+            let room = table.room(index);
+            if kind == "result" {
+                join(config, table, up, &mut links[index], index).await?;
+                return Ok(());
+            }
+            let condition = match muc::classify(iq, None) {
+                MucEvent::JoinError { condition, .. } => condition.to_string(),
+                _ => iq
+                    .children
+                    .iter()
+                    .find(|c| c.name == "error")
+                    .and_then(|e| e.children.first())
+                    .map_or("undefined-condition".into(), |c| c.name.clone()),
+            };
+            if condition == "item-not-found" {
+                log::warn!(
+                    "room {} does not exist on {}; not joining (muc-eventsource never creates rooms); checking again in {ROOM_RECHECK:?}",
+                    room.jid,
+                    config.muc
+                );
+                table.set_state(index, JoinState::Failed("the room does not exist"));
+                wait_and_retry(&mut links[index], ROOM_RECHECK);
+            } else {
+                log::warn!(
+                    "room {}: disco#info failed ({condition}); joining anyway",
+                    room.jid
+                );
+                join(config, table, up, &mut links[index], index).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The upstream side: the XML stream from Prosody, the XEP-0114 component link, and the MUC
+//! observer logic that turns room stanzas into room events.
+
+pub mod component;
+pub mod muc;
+pub mod stream;

@@ -1,0 +1,280 @@
+//! The MUC observer (XEP-0045, occupant side): the stanzas we send to join and leave rooms, and
+//! the classification of what rooms send us into [`MucEvent`]s.
+//!
+//! Pure functions over [`Element`]s; the component link does the I/O.
+
+use super::stream::{Element, escape};
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// Join presence: available, to `room/nick`, with the MUC `<x/>` and no history.
+pub fn join(from: &str, room_jid: &str, nick: &str) -> String {
+    format!(
+        "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>",
+        escape(from),
+        escape(room_jid),
+        escape(nick)
+    )
+}
+
+/// Leave presence.
+pub fn leave(from: &str, room_jid: &str, nick: &str) -> String {
+    format!(
+        "<presence from='{}' to='{}/{}' type='unavailable'/>",
+        escape(from),
+        escape(room_jid),
+        escape(nick)
+    )
+}
+
+/// What a room stanza means to us.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MucEvent<'a> {
+    /// A live groupchat message with a body.
+    Message {
+        room: &'a str,
+        nick: Option<&'a str>,
+        body: &'a str,
+    },
+    /// Our own presence came back with status 110: we are in.
+    Joined { room: &'a str, nick: &'a str },
+    /// The room refused our join (or a later stanza) with this error condition.
+    JoinError {
+        room: &'a str,
+        condition: &'a str,
+        text: Option<&'a str>,
+    },
+    /// Our occupant left the room; `codes` are the status codes (307 kick, 301 ban, …),
+    /// `destroyed` when the room was destroyed.
+    Removed {
+        room: &'a str,
+        codes: Vec<u16>,
+        destroyed: bool,
+    },
+    /// Anything else (others' presence, subject, history, private messages…).
+    Ignored,
+}
+
+/// Splits `node@domain/resource` into the bare JID and the resource.
+pub fn split_jid(jid: &str) -> (&str, Option<&str>) {
+    match jid.split_once('/') {
+        Some((bare, resource)) => (bare, Some(resource)),
+        None => (jid, None),
+    }
+}
+
+/// Classifies a stanza from the MUC service. `our_nick` is the nick we joined the stanza's room
+/// with, if it is one of ours.
+pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a> {
+    let Some(from) = stanza.attr("from") else {
+        return MucEvent::Ignored;
+    };
+    let (room, resource) = split_jid(from);
+    match stanza.name.as_str() {
+        "message" => {
+            if stanza.attr("type") == Some("error") {
+                return join_error(stanza, room);
+            }
+            if stanza.attr("type") != Some("groupchat") {
+                return MucEvent::Ignored;
+            }
+            // History replay carries a delay stamped by the room; it is not live.
+            if stanza.child("delay", NS_DELAY).is_some() {
+                return MucEvent::Ignored;
+            }
+            match stanza
+                .children
+                .iter()
+                .find(|c| c.name == "body" && c.ns == stanza.ns)
+            {
+                Some(body) => MucEvent::Message {
+                    room,
+                    nick: resource.filter(|r| !r.is_empty()),
+                    body: &body.text,
+                },
+                None => MucEvent::Ignored,
+            }
+        }
+        "presence" => {
+            if stanza.attr("type") == Some("error") {
+                return join_error(stanza, room);
+            }
+            let Some(x) = stanza.child("x", NS_MUC_USER) else {
+                return MucEvent::Ignored;
+            };
+            let codes: Vec<u16> = x
+                .children
+                .iter()
+                .filter(|c| c.name == "status")
+                .filter_map(|c| c.attr("code")?.parse().ok())
+                .collect();
+            let is_self = codes.contains(&110) || (resource.is_some() && resource == our_nick);
+            if !is_self {
+                return MucEvent::Ignored;
+            }
+            if stanza.attr("type") == Some("unavailable") {
+                // A nick change (303) is not a removal: the new presence follows.
+                if codes.contains(&303) {
+                    return MucEvent::Ignored;
+                }
+                return MucEvent::Removed {
+                    room,
+                    destroyed: x.child("destroy", NS_MUC_USER).is_some(),
+                    codes,
+                };
+            }
+            if codes.contains(&110) {
+                MucEvent::Joined {
+                    room,
+                    nick: resource.unwrap_or(""),
+                }
+            } else {
+                MucEvent::Ignored
+            }
+        }
+        _ => MucEvent::Ignored,
+    }
+}
+
+fn join_error<'a>(stanza: &'a Element, room: &'a str) -> MucEvent<'a> {
+    let error = stanza.children.iter().find(|c| c.name == "error");
+    let condition = error
+        .and_then(|e| {
+            e.children
+                .iter()
+                .find(|c| c.ns == NS_STANZAS && c.name != "text")
+        })
+        .map_or("undefined-condition", |c| c.name.as_str());
+    let text = error
+        .and_then(|e| e.child("text", NS_STANZAS))
+        .map(|t| t.text.as_str())
+        .filter(|t| !t.is_empty());
+    MucEvent::JoinError {
+        room,
+        condition,
+        text,
+    }
+}
+
+/// What a join error condition means, for the log line.
+pub fn explain_condition(condition: &str) -> &'static str {
+    match condition {
+        "item-not-found" => "the room does not exist (muc-eventsource never creates rooms)",
+        "forbidden" => "we are banned from the room",
+        "registration-required" => "the room is members-only; make the component's JID a member",
+        "not-authorized" => "the room is password-protected",
+        "conflict" => "the nick is in use; trying another",
+        "service-unavailable" => "the room is full or the service is unavailable",
+        "not-allowed" => "room creation is restricted and the room does not exist",
+        "not-acceptable" => "the nick is reserved or not acceptable; set another `nick`",
+        "remote-server-not-found" | "remote-server-timeout" => {
+            "the MUC service is unreachable; check `muc`"
+        }
+        _ => "the MUC service refused the join",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        Element::parse(xml.as_bytes(), "jabber:component:accept").unwrap()
+    }
+
+    const NICK: Option<&str> = Some("eventsource");
+
+    #[test]
+    fn join_stanza_escapes_and_carries_the_muc_x() {
+        let s = join("sse.localhost", "lobby@conference.localhost", "a'b<");
+        assert!(
+            s.contains("to='lobby@conference.localhost/a&apos;b&lt;'"),
+            "{s}"
+        );
+        let e = el(&s);
+        assert!(e.child("x", NS_MUC).is_some());
+    }
+
+    #[test]
+    fn groupchat_with_body_is_a_message() {
+        let e = el("<message type='groupchat' from='lobby@c/alice'><body>hi</body></message>");
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Message {
+                room: "lobby@c",
+                nick: Some("alice"),
+                body: "hi"
+            }
+        );
+        let e = el("<message type='groupchat' from='lobby@c/alice'><subject>t</subject></message>");
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el(
+            "<message type='groupchat' from='lobby@c/a'><body>old</body><delay xmlns='urn:xmpp:delay' stamp='x'/></message>",
+        );
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el("<message type='chat' from='lobby@c/a'><body>pm</body></message>");
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el("<message type='groupchat' from='lobby@c'><body>room says</body></message>");
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Message {
+                room: "lobby@c",
+                nick: None,
+                body: "room says"
+            }
+        );
+    }
+
+    #[test]
+    fn self_presence_errors_and_removals() {
+        let e = el(
+            "<presence from='lobby@c/eventsource'><x xmlns='http://jabber.org/protocol/muc#user'><item role='visitor'/><status code='110'/></x></presence>",
+        );
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Joined {
+                room: "lobby@c",
+                nick: "eventsource"
+            }
+        );
+        let e = el(
+            "<presence from='lobby@c/bob'><x xmlns='http://jabber.org/protocol/muc#user'><item role='participant'/></x></presence>",
+        );
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el(
+            "<presence type='error' from='lobby@c/eventsource'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>No such room</text></error></presence>",
+        );
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::JoinError {
+                room: "lobby@c",
+                condition: "item-not-found",
+                text: Some("No such room")
+            }
+        );
+        let e = el(
+            "<presence type='unavailable' from='lobby@c/eventsource'><x xmlns='http://jabber.org/protocol/muc#user'><item role='none'/><status code='307'/><status code='110'/></x></presence>",
+        );
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Removed {
+                room: "lobby@c",
+                codes: vec![307, 110],
+                destroyed: false
+            }
+        );
+        let e = el(
+            "<presence type='unavailable' from='lobby@c/eventsource'><x xmlns='http://jabber.org/protocol/muc#user'><item role='none'/><destroy/><status code='110'/></x></presence>",
+        );
+        assert!(matches!(
+            classify(&e, NICK),
+            MucEvent::Removed {
+                destroyed: true,
+                ..
+            }
+        ));
+    }
+}
