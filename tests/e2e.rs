@@ -60,7 +60,10 @@ fn subscribers_get_every_message_in_order_with_the_mod_muc_eventsource_shape() {
         let events = sub.collect(bodies.len(), T);
         assert_eq!(events.len(), bodies.len(), "every message arrives");
         for (event, body) in events.iter().zip(&bodies) {
-            assert_eq!(event.event_type, "message", "unnamed event, seen by onmessage");
+            assert_eq!(
+                event.event_type, "message",
+                "unnamed event, seen by onmessage"
+            );
             assert_eq!(payload(&event.data), ("alice".to_string(), body.clone()));
         }
     }
@@ -91,7 +94,11 @@ fn bodies_arrive_intact_unicode_entities_newlines_and_64k() {
         "<message to='{room}' type='groupchat'><body><![CDATA[<raw> & stuff]]></body></message>"
     ));
     let events = sub.collect(bodies.len() + 1, T);
-    assert_eq!(events.len(), bodies.len() + 1, "one event per message, no extra events");
+    assert_eq!(
+        events.len(),
+        bodies.len() + 1,
+        "one event per message, no extra events"
+    );
     for (event, body) in events.iter().zip(&bodies) {
         assert_eq!(event.event_type, "message");
         assert_eq!(event.last_event_id, "", "no id field smuggled in by a body");
@@ -99,7 +106,10 @@ fn bodies_arrive_intact_unicode_entities_newlines_and_64k() {
         assert_eq!(payload(&event.data).1, normalize_newlines(body));
     }
     assert_eq!(payload(&events[bodies.len()].data).1, "<raw> & stuff");
-    assert_eq!(sub.parser.retry, None, "no retry field smuggled in by a body");
+    assert_eq!(
+        sub.parser.retry, None,
+        "no retry field smuggled in by a body"
+    );
 }
 
 #[test]
@@ -126,7 +136,11 @@ fn rooms_are_isolated_and_bodyless_messages_send_nothing() {
         .map(|e| payload(&e.data).1)
         .collect();
     assert_eq!(got, vec!["for lobby", "lobby again"]);
-    let got: Vec<String> = news.collect(1, T).iter().map(|e| payload(&e.data).1).collect();
+    let got: Vec<String> = news
+        .collect(1, T)
+        .iter()
+        .map(|e| payload(&e.data).1)
+        .collect();
     assert_eq!(got, vec!["for news"]);
     assert!(lobby.next_event(Duration::from_millis(500)).is_none());
     assert!(news.next_event(Duration::from_millis(200)).is_none());
@@ -144,7 +158,11 @@ fn unknown_rooms_paths_and_methods_get_proper_answers() {
         b"POST /eventsource/lobby HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         T,
     );
-    assert!(reply.starts_with(b"HTTP/1.1 405 "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 405 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     // Percent-encoded and differently-cased names reach the same room.
     let sub = SseClient::connect(daemon.http, "/eventsource/%6Cobby", &[]);
     assert_eq!(sub.status(), 200);
@@ -159,7 +177,10 @@ fn malformed_requests_get_4xx_and_others_keep_being_served() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GARBAGE\r\n\r\n".to_vec(), "400"),
         (b"GET / HTTP/9.9\r\n\r\n".to_vec(), "400"),
-        (b"GET /eventsource/lobby HTTP/1.1\r\nBad Header Line\r\n\r\n".to_vec(), "400"),
+        (
+            b"GET /eventsource/lobby HTTP/1.1\r\nBad Header Line\r\n\r\n".to_vec(),
+            "400",
+        ),
         (b"\x00\x01\x02\xff\xfe\r\n\r\n".to_vec(), "400"),
         (
             format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)).into_bytes(),
@@ -193,7 +214,11 @@ fn slow_request_heads_are_timed_out() {
     let daemon = Daemon::start(&prosody, &["lobby"], "header_timeout_secs = 1");
     let started = std::time::Instant::now();
     let reply = http_raw(daemon.http, b"GET /eventsource/lobby HTTP/1.1\r\n", T);
-    assert!(reply.starts_with(b"HTTP/1.1 408 "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -201,8 +226,10 @@ fn slow_request_heads_are_timed_out() {
 fn wrong_secret_fails_clearly_and_exits_non_zero() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    let config = Daemon::config_text(&prosody, &["lobby"], "")
-        .replace(&format!("secret = {}", prosody.secret), "secret = wrong-secret");
+    let config = Daemon::config_text(&prosody, &["lobby"], "").replace(
+        &format!("secret = {}", prosody.secret),
+        "secret = wrong-secret",
+    );
     let mut daemon = Daemon::spawn_raw(&config);
     let status = daemon
         .wait_exit(T)
@@ -210,8 +237,14 @@ fn wrong_secret_fails_clearly_and_exits_non_zero() {
     assert_eq!(status.code(), Some(2), "{}", daemon.log());
     let log = daemon.log();
     assert!(log.contains("rejected the component secret"), "{log}");
-    assert!(log.contains("`secret`"), "the log names the key to fix: {log}");
-    assert!(!log.contains("wrong-secret"), "the secret is never logged: {log}");
+    assert!(
+        log.contains("`secret`"),
+        "the log names the key to fix: {log}"
+    );
+    assert!(
+        !log.contains("wrong-secret"),
+        "the secret is never logged: {log}"
+    );
 }
 
 #[test]
@@ -228,7 +261,10 @@ fn a_room_that_does_not_exist_is_not_created() {
         "disco1",
         &format!("<iq type='get' to='{jid}' id='disco1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
     );
-    assert!(reply.contains("item-not-found"), "the room was created: {reply}");
+    assert!(
+        reply.contains("item-not-found"),
+        "the room was created: {reply}"
+    );
     drop(daemon);
     let _ = prosody.stop();
 }

@@ -192,19 +192,23 @@ async fn read_head(
     socket: &Async<TcpStream>,
     max: usize,
 ) -> Result<Head, Option<Result<Reject, io::Error>>> {
-    let mut buf = Vec::with_capacity(max.min(1024));
-    let mut chunk = [0u8; 1024];
+    // Read straight into the head buffer: no fixed array lives in the connection's future,
+    // which stays allocated (at its largest state's size) for as long as a stream runs.
+    let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
     loop {
-        let room = (max - buf.len()).min(chunk.len());
+        let len = buf.len();
+        let room = (max - len).min(1024);
         if room == 0 {
             return Err(Some(Ok(Reject::TooLarge)));
         }
-        let n = match (&*socket).read(&mut chunk[..room]).await {
+        buf.resize(len + room, 0);
+        let read = (&*socket).read(&mut buf[len..]).await;
+        let n = match read {
             Ok(0) => return Err(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
             Ok(n) => n,
             Err(e) => return Err(Some(Err(e))),
         };
-        buf.extend_from_slice(&chunk[..n]);
+        buf.truncate(len + n);
         match request::parse(&buf) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}

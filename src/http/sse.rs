@@ -133,7 +133,7 @@ pub async fn stream(sub: &Subscription<'_>, socket: &Async<TcpStream>, head: &[u
             Woke::Shutdown => return Ended::Shutdown,
             Woke::Readable => {
                 // A client never sends anything after its request; read to notice it leaving.
-                let mut scratch = [0u8; 256];
+                let mut scratch = [0u8; 64];
                 match socket.get_ref().read(&mut scratch) {
                     Ok(0) => return Ended::ClientGone,
                     Ok(_) => {}

@@ -10,8 +10,25 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// The binary Cargo built for this test run.
-pub const BIN: &str = env!("CARGO_BIN_EXE_muc-eventsource");
+/// The daemon binary: the one Cargo built for this test run, or (for the demo example, where
+/// Cargo names no binary) `muc-eventsource` beside the running executable's profile directory.
+/// `MUC_EVENTSOURCE_BIN` overrides both (e.g. an ARM build run under qemu-user via binfmt).
+pub fn bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MUC_EVENTSOURCE_BIN") {
+        return PathBuf::from(path);
+    }
+    match option_env!("CARGO_BIN_EXE_muc-eventsource") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("current executable");
+            // target/<profile>/examples/demo -> target/<profile>/muc-eventsource
+            exe.parent()
+                .and_then(|p| p.parent())
+                .map(|p| p.join("muc-eventsource"))
+                .expect("executable inside target/<profile>/examples")
+        }
+    }
+}
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 80;
@@ -75,7 +92,8 @@ impl Daemon {
             .append(true)
             .open(&log_path)
             .expect("create daemon log");
-        let child = Command::new(BIN)
+        let bin = bin();
+        let child = Command::new(&bin)
             .arg("--config")
             .arg(&config_path)
             .current_dir(dir.path())
@@ -83,7 +101,7 @@ impl Daemon {
             .stdout(log.try_clone().expect("clone log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
         let http = config_value(config_text, "listen")
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
