@@ -60,6 +60,12 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Reaction to a rejected secret.
     pub auth_failure: AuthFailure,
+    /// Messages of MUC history asked for on join, to seed the ring (at most `ring_events`).
+    pub history: usize,
+    /// `retry:` sent at the start of every stream, in milliseconds (0 = none).
+    pub retry_ms: usize,
+    /// Interval of the keep-alive comment on idle streams (`None` = off).
+    pub heartbeat: Option<Duration>,
 }
 
 /// A configuration error, pointing at the place to fix.
@@ -169,6 +175,21 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "auth_failure",
         Some("exit"),
         "on a rejected secret: exit (status 2) or retry",
+    ),
+    (
+        "history",
+        Some("20"),
+        "MUC history messages fetched on join (at most ring_events)",
+    ),
+    (
+        "retry_ms",
+        Some("3000"),
+        "reconnect delay told to browsers (retry:), 0 = none",
+    ),
+    (
+        "heartbeat_secs",
+        Some("20"),
+        "keep-alive comment on idle streams, 0 = none",
     ),
 ];
 
@@ -381,6 +402,22 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
             "must not be smaller than reconnect_min_secs".into(),
         ));
     }
+    let ring_events = number("ring_events", 1, 65_536)?;
+    let history = number("history", 0, 65_536)?;
+    if history > ring_events {
+        let line = values
+            .iter()
+            .find(|(k, _, _)| *k == "history")
+            .map_or(0, |v| v.2);
+        return Err(fail(
+            "history",
+            line,
+            format!(
+                "{history} is more than ring_events ({ring_events}); the ring could not hold it"
+            ),
+        ));
+    }
+    let heartbeat = number("heartbeat_secs", 0, 3600)?;
     Ok(Config {
         component,
         secret,
@@ -393,7 +430,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_rooms,
         max_subscribers: number("max_subscribers", 1, 1_000_000)?,
         max_pending_requests: number("max_pending_requests", 1, 100_000)?,
-        ring_events: number("ring_events", 1, 65_536)?,
+        ring_events,
         ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
         max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
         max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
@@ -402,6 +439,9 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         reconnect_min,
         reconnect_max,
         auth_failure,
+        history,
+        retry_ms: number("retry_ms", 0, 3_600_000)?,
+        heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
     })
 }
 
@@ -528,6 +568,12 @@ impl Config {
                 AuthFailure::Exit => "exit".into(),
                 AuthFailure::Retry => "retry".into(),
             },
+        );
+        line("history", self.history.to_string());
+        line("retry_ms", self.retry_ms.to_string());
+        line(
+            "heartbeat_secs",
+            self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),
         );
         out.push_str(&format!(
             "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + pending requests {} + upstream {} + process {}\n",

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod http;
 pub mod logger;
+pub mod notify;
 pub mod rooms;
 pub mod shutdown;
 pub mod xmpp;

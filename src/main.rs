@@ -9,10 +9,11 @@ use futures_lite::{StreamExt, future};
 
 use muc_eventsource::config::{self, Config};
 use muc_eventsource::http::server::{self, Server};
-use muc_eventsource::logger;
+use muc_eventsource::http::sse;
 use muc_eventsource::rooms::table::RoomTable;
 use muc_eventsource::shutdown::Shutdown;
 use muc_eventsource::xmpp::component::{self, Fatal};
+use muc_eventsource::{logger, notify};
 
 const DEFAULT_CONFIG: &str = "/etc/muc-eventsource/muc-eventsource.conf";
 /// How long subscribers get to finish on shutdown.
@@ -166,10 +167,25 @@ fn run(config: Config) -> Result<(), u8> {
         .spawn(async move {
             if let Some(Ok(signal)) = signals.next().await {
                 log::info!("{signal:?} received: shutting down");
+                notify::stopping();
                 shutdown.request();
             }
         })
         .detach();
+    if let Some(every) = config.heartbeat {
+        executor.spawn(sse::heartbeat(table, every)).detach();
+    }
+    if let Some(every) = notify::watchdog_interval() {
+        executor
+            .spawn(async move {
+                let mut timer = Timer::interval(every / 2);
+                loop {
+                    timer.next().await;
+                    notify::watchdog();
+                }
+            })
+            .detach();
+    }
     let result = future::block_on(executor.run(async {
         let result = component::run(config, table, shutdown).await;
         shutdown.request();

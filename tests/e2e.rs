@@ -99,27 +99,38 @@ fn bodies_arrive_intact_unicode_entities_newlines_and_64k() {
         bodies.len() + 1,
         "one event per message, no extra events"
     );
+    let mut ids = std::collections::HashSet::new();
     for (event, body) in events.iter().zip(&bodies) {
         assert_eq!(event.event_type, "message");
-        assert_eq!(event.last_event_id, "", "no id field smuggled in by a body");
+        // Ids are the daemon's own (`<run>-<seq>`: this Prosody has no MAM), never a body's.
+        let (run, seq) = event.last_event_id.split_once('-').expect("minted id");
+        assert!(
+            run.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{}",
+            event.last_event_id
+        );
+        assert!(seq.parse::<u64>().is_ok(), "{}", event.last_event_id);
+        assert!(ids.insert(event.last_event_id.clone()), "unique ids");
         // XML turns a raw CR into LF on the way through Prosody.
         assert_eq!(payload(&event.data).1, normalize_newlines(body));
     }
     assert_eq!(payload(&events[bodies.len()].data).1, "<raw> & stuff");
     assert_eq!(
-        sub.parser.retry, None,
-        "no retry field smuggled in by a body"
+        sub.parser.retry,
+        Some(3000),
+        "only the daemon's own retry (the body's `retry: 1` is data)"
     );
 }
 
 #[test]
-fn rooms_are_isolated_and_bodyless_messages_send_nothing() {
+fn rooms_are_isolated_and_bodyless_messages_send_no_message_event() {
     let (prosody, mut alice, daemon) = setup();
     let mut lobby = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     let mut news = SseClient::connect(daemon.http, "/eventsource/news", &[]);
     std::thread::sleep(Duration::from_millis(200));
     alice.send_groupchat("lobby", "for lobby");
-    // Body-less groupchat messages: a chat state and a subject change.
+    // Body-less groupchat messages: a chat state (nothing) and a subject change (a named
+    // `subject` event, which `onmessage` does not see).
     let room = alice.room_jid("lobby");
     alice.send_raw(&format!(
         "<message to='{room}' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
@@ -130,12 +141,17 @@ fn rooms_are_isolated_and_bodyless_messages_send_nothing() {
     owner.set_subject("lobby", "a new subject");
     alice.send_groupchat("news", "for news");
     alice.send_groupchat("lobby", "lobby again");
-    let got: Vec<String> = lobby
-        .collect(2, T)
-        .iter()
-        .map(|e| payload(&e.data).1)
-        .collect();
-    assert_eq!(got, vec!["for lobby", "lobby again"]);
+    let events = lobby.collect(3, T);
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, vec!["message", "subject", "message"]);
+    assert_eq!(payload(&events[0].data).1, "for lobby");
+    assert_eq!(payload(&events[2].data).1, "lobby again");
+    let subject = Json::parse(&events[1].data).unwrap();
+    assert_eq!(
+        subject.get("subject").and_then(Json::as_str),
+        Some("a new subject")
+    );
+    assert_eq!(subject.get("nick").and_then(Json::as_str), Some("owner"));
     let got: Vec<String> = news
         .collect(1, T)
         .iter()

@@ -22,6 +22,8 @@ pub struct Head {
     pub path: String,
     /// Query part without the `?` (empty when none).
     pub query: String,
+    /// The `Last-Event-ID` header a reconnecting EventSource sends.
+    pub last_event_id: Option<String>,
 }
 
 /// Why a request head is refused.
@@ -64,11 +66,28 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query.split('#').next().unwrap_or("");
+    let mut last_event_id = None;
+    for header in req.headers.iter() {
+        if header.name.eq_ignore_ascii_case("last-event-id") {
+            let value = std::str::from_utf8(header.value)
+                .map_err(|_| Reject::Malformed("Last-Event-ID is not UTF-8"))?;
+            last_event_id = Some(value.trim().to_string());
+        }
+    }
     Ok(Some(Head {
         method,
         path: path.to_string(),
         query: query.to_string(),
+        last_event_id,
     }))
+}
+
+/// Values of query parameter `name` (`a=1&b=2&a=3`), percent-decoded; broken ones are skipped.
+pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = String> + 'q {
+    query.split('&').filter_map(move |pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value)).flatten()
+    })
 }
 
 /// Decodes `%XX` escapes; `None` if an escape is broken or the result is not UTF-8.
@@ -104,6 +123,23 @@ mod tests {
             ("/eventsource/lobby", "x=1")
         );
         assert_eq!(parse(&req[..20]).unwrap(), None);
+        let req = b"GET /e/x HTTP/1.1\r\nlast-event-id:  abc-1 \r\n\r\n";
+        assert_eq!(
+            parse(req).unwrap().unwrap().last_event_id.as_deref(),
+            Some("abc-1")
+        );
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = "room=a&history=5&room=b%20c&x&room=%zz";
+        assert_eq!(
+            query_values(q, "room").collect::<Vec<_>>(),
+            vec!["a", "b c"]
+        );
+        assert_eq!(query_values(q, "history").next().as_deref(), Some("5"));
+        assert_eq!(query_values(q, "x").next().as_deref(), Some(""));
+        assert_eq!(query_values(q, "nope").next(), None);
     }
 
     #[test]

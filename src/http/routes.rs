@@ -1,7 +1,7 @@
 //! Routing: which answer a parsed request gets. Pure: no I/O, so every answer is unit-tested.
 
-use super::request::{Head, Method, Reject, percent_decode};
-use crate::rooms::table::RoomTable;
+use super::request::{Head, Method, Reject, percent_decode, query_values};
+use crate::rooms::table::{JoinState, RoomTable};
 
 /// Headers every event stream carries: what `mod_muc_eventsource` sends, plus `Cache-Control`.
 pub const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\n\
@@ -13,10 +13,21 @@ Access-Control-Max-Age: 7200\r\n\
 X-Accel-Buffering: no\r\n\
 Connection: close\r\n\r\n";
 
+/// Where a new stream starts in its room's ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// With the next event.
+    Live,
+    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`).
+    After(String),
+    /// With the last `n` events held (`?history=n`).
+    Last(usize),
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// Send [`STREAM_HEAD`] and stream this room's events.
-    Stream { room: usize },
+    Stream { room: usize, start: Start },
     /// Send this complete response and close.
     Reply(Reply),
 }
@@ -40,17 +51,25 @@ impl Reply {
         }
     }
 
-    /// The whole response, ready to write.
+    /// The whole response, ready to write (`204` carries neither body nor length).
     pub fn to_bytes(&self) -> Vec<u8> {
+        let no_body = self.status == 204;
+        let framing = if no_body {
+            String::new()
+        } else {
+            format!(
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                self.body.len()
+            )
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\n{framing}Connection: close\r\n{}\r\n",
             self.status,
             reason(self.status),
-            self.body.len(),
             self.headers
         )
         .into_bytes();
-        if !self.head_only {
+        if !self.head_only && !no_body {
             out.extend_from_slice(self.body.as_bytes());
         }
         out
@@ -119,10 +138,37 @@ pub fn route(head: &Head, table: &RoomTable) -> Route {
             "bad request: broken percent-encoding in the room name\n",
         ));
     };
-    match table.find_node(&node) {
-        Some(room) if head.method == Method::Get => Route::Stream { room },
-        Some(_) => reply(Reply::text(200, "")),
-        None => reply(Reply::text(404, "no such room is served here\n")),
+    let Some(room) = table.find_node(&node) else {
+        return reply(Reply::text(404, "no such room is served here\n"));
+    };
+    if let JoinState::Gone(why) = table.room(room).state() {
+        // 204 tells an EventSource to stop reconnecting (HTML, server-sent events §9.2.1).
+        return reply(Reply::text(204, format!("{why}\n")));
+    }
+    if head.method == Method::Head {
+        return reply(Reply::text(200, ""));
+    }
+    Route::Stream {
+        room,
+        start: start(head),
+    }
+}
+
+fn start(head: &Head) -> Start {
+    let id = head
+        .last_event_id
+        .clone()
+        .or_else(|| query_values(&head.query, "lastEventId").next())
+        .filter(|id| !id.is_empty());
+    if let Some(id) = id {
+        return Start::After(id);
+    }
+    match query_values(&head.query, "history")
+        .next()
+        .map(|n| n.parse::<usize>())
+    {
+        Some(Ok(n)) => Start::Last(n),
+        _ => Start::Live,
     }
 }
 
@@ -153,15 +199,24 @@ mod tests {
     fn rooms_stream_and_everything_else_is_answered() {
         assert_eq!(
             answer("GET /eventsource/lobby HTTP/1.1\r\n\r\n"),
-            Route::Stream { room: 0 }
+            Route::Stream {
+                room: 0,
+                start: Start::Live
+            }
         );
         assert_eq!(
             answer("GET /eventsource/caf%C3%A9?x HTTP/1.1\r\n\r\n"),
-            Route::Stream { room: 1 }
+            Route::Stream {
+                room: 1,
+                start: Start::Live
+            }
         );
         assert_eq!(
             answer("GET /eventsource/LOBBY HTTP/1.0\r\n\r\n"),
-            Route::Stream { room: 0 }
+            Route::Stream {
+                room: 0,
+                start: Start::Live
+            }
         );
         assert_eq!(status("GET /eventsource/nope HTTP/1.1\r\n\r\n"), 404);
         assert_eq!(status("GET /eventsource/ HTTP/1.1\r\n\r\n"), 404);
@@ -174,6 +229,44 @@ mod tests {
             Route::Reply(r) => assert!(r.head_only && r.status == 200),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn where_streams_start() {
+        let start = |req: &str| match answer(req) {
+            Route::Stream { start, .. } => start,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            start("GET /eventsource/lobby?history=5 HTTP/1.1\r\n\r\n"),
+            Start::Last(5)
+        );
+        assert_eq!(
+            start("GET /eventsource/lobby?lastEventId=a%2D1&history=5 HTTP/1.1\r\n\r\n"),
+            Start::After("a-1".into())
+        );
+        assert_eq!(
+            start("GET /eventsource/lobby?lastEventId=q HTTP/1.1\r\nLast-Event-ID: h\r\n\r\n"),
+            Start::After("h".into()),
+            "the header wins"
+        );
+        assert_eq!(
+            start("GET /eventsource/lobby?history=x HTTP/1.1\r\n\r\n"),
+            Start::Live
+        );
+    }
+
+    #[test]
+    fn a_destroyed_room_answers_204() {
+        let t = table();
+        t.set_state(0, JoinState::Gone("the room was destroyed"));
+        let head = parse(b"GET /eventsource/lobby HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            route(&head, &t),
+            Route::Reply(Reply { status: 204, .. })
+        ));
     }
 
     #[test]

@@ -153,7 +153,7 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             );
             send(&socket, &reply.to_bytes()).await;
         }
-        Route::Stream { room } => {
+        Route::Stream { room, start } => {
             let Some(sub) = server.table.subscribe(room) else {
                 log::warn!(
                     "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
@@ -174,7 +174,9 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
                 room.jid,
                 room.subscribers()
             );
-            let ended = sse::stream(&sub, &socket, routes::STREAM_HEAD.as_bytes()).await;
+            let (opening, first) =
+                sse::opening(routes::STREAM_HEAD, config.retry_ms, &room.ring(), &start);
+            let ended = sse::stream(&sub, &socket, opening, first).await;
             match ended {
                 sse::Ended::Lapped => log::debug!(
                     "{peer}: dropped from {}: fell more than the ring behind ({} dropped so far)",

@@ -13,8 +13,10 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::routes::Start;
+use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::Subscription;
+use crate::rooms::table::{JoinState, RoomTable, Subscription};
 
 /// Frames gathered into one vectored write at most.
 pub const BATCH: usize = 32;
@@ -26,6 +28,8 @@ pub enum Ended {
     /// The subscriber fell behind the ring.
     Lapped,
     Shutdown,
+    /// The room was destroyed; its last event said so.
+    RoomGone,
     Error(io::Error),
 }
 
@@ -98,27 +102,74 @@ pub fn write_pending<W: Write>(ring: &Ring, cursor: &mut Cursor, mut out: W) -> 
 enum Woke {
     Retry,
     Readable,
+    Heartbeat,
     Shutdown,
 }
 
-/// Streams the room of `sub` to `socket` until the client leaves, falls behind or shutdown.
-/// `head` (the response head) is written first.
-pub async fn stream(sub: &Subscription<'_>, socket: &Async<TcpStream>, head: &[u8]) -> Ended {
+/// The bytes a stream starts with: the response head, `retry:`, and for a `Last-Event-ID` the
+/// ring no longer holds, an `event: gap` (without `id:`, so the client's last id stays). Also
+/// returns the first event to send.
+pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<u8>, u64) {
+    let mut out = head.as_bytes().to_vec();
+    if retry_ms > 0 {
+        out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    }
+    let seq = match start {
+        Start::Live => ring.head(),
+        Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
+        Start::After(id) => match ring.find_id(id) {
+            Some(seq) => seq + 1,
+            None => {
+                let json = Json::new()
+                    .str("lastEventId", id)
+                    .str(
+                        "reason",
+                        "events after this id are no longer held; some may be missing",
+                    )
+                    .num("resumingWith", ring.len() as u64)
+                    .finish();
+                out.extend_from_slice(b"event: gap\ndata: ");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b"\n\n");
+                ring.oldest()
+            }
+        },
+    };
+    (out, seq)
+}
+
+/// Streams the room of `sub` to `socket` until the client leaves, falls behind, the room is
+/// destroyed, or shutdown. `opening` (from [`opening`]) is written first.
+pub async fn stream(
+    sub: &Subscription<'_>,
+    socket: &Async<TcpStream>,
+    opening: Vec<u8>,
+    first: u64,
+) -> Ended {
     let mut writer = socket;
-    if let Err(e) = writer.write_all(head).await {
+    if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
+    drop(opening);
     let mut cursor = Cursor {
-        seq: sub.room().ring().head(),
+        seq: first,
         offset: 0,
     };
+    let mut beats = sub.heartbeat();
     loop {
-        if sub.closing() {
+        let closing = sub.closing();
+        let wrote = write_pending(&sub.room().ring(), &mut cursor, socket.get_ref());
+        if closing {
+            // One last non-blocking write, so the shutdown status goes out if it can.
             return Ended::Shutdown;
         }
-        let wrote = write_pending(&sub.room().ring(), &mut cursor, socket.get_ref());
         let want_write = match wrote {
-            Ok(Wrote::CaughtUp) => false,
+            Ok(Wrote::CaughtUp) => {
+                if let JoinState::Gone(_) = sub.room().state() {
+                    return Ended::RoomGone;
+                }
+                false
+            }
             Ok(Wrote::More) => continue,
             Ok(Wrote::Lapped) => {
                 sub.count_dropped_slow();
@@ -128,9 +179,19 @@ pub async fn stream(sub: &Subscription<'_>, socket: &Async<TcpStream>, head: &[u
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Ended::Error(e),
         };
-        match wait(sub, socket, cursor.seq, want_write).await {
-            Woke::Retry => {}
-            Woke::Shutdown => return Ended::Shutdown,
+        match wait(sub, socket, cursor.seq, want_write, beats).await {
+            Woke::Retry | Woke::Shutdown => {}
+            Woke::Heartbeat => {
+                beats = sub.heartbeat();
+                // Only between events; a full socket does not need keeping alive.
+                if cursor.offset == 0 && !want_write {
+                    match socket.get_ref().write(b":\n") {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Ended::ClientGone,
+                    }
+                }
+            }
             Woke::Readable => {
                 // A client never sends anything after its request; read to notice it leaving.
                 let mut scratch = [0u8; 64];
@@ -147,12 +208,14 @@ pub async fn stream(sub: &Subscription<'_>, socket: &Async<TcpStream>, head: &[u
 }
 
 /// Sleeps until there is something to do: new events (or, when the socket was full, the
-/// socket writable again or our next event evicted), the client closing, or shutdown.
+/// socket writable again or our next event evicted), a heartbeat, the client closing, or
+/// shutdown.
 async fn wait(
     sub: &Subscription<'_>,
     socket: &Async<TcpStream>,
     seq: u64,
     want_write: bool,
+    beats: u64,
 ) -> Woke {
     std::future::poll_fn(|cx| {
         if sub.closing() {
@@ -165,8 +228,14 @@ async fn wait(
                 return Poll::Ready(Woke::Retry);
             }
         }
+        if matches!(sub.room().state(), JoinState::Gone(_)) && !want_write {
+            return Poll::Ready(Woke::Retry);
+        }
         if want_write && socket.poll_writable(cx).is_ready() {
             return Poll::Ready(Woke::Retry);
+        }
+        if sub.heartbeat() != beats {
+            return Poll::Ready(Woke::Heartbeat);
         }
         if socket.poll_readable(cx).is_ready() {
             return Poll::Ready(Woke::Readable);
@@ -174,6 +243,16 @@ async fn wait(
         Poll::Pending
     })
     .await
+}
+
+/// Wakes every subscriber every `every` to send a keep-alive comment (HTML §9.2.7: proxies
+/// drop idle connections). One timer for all streams.
+pub async fn heartbeat(table: &RoomTable, every: std::time::Duration) {
+    let mut timer = async_io::Timer::interval(every);
+    loop {
+        futures_lite::StreamExt::next(&mut timer).await;
+        table.beat();
+    }
 }
 
 #[cfg(test)]
@@ -210,12 +289,45 @@ mod tests {
         }
     }
 
+    fn entry(text: &str, id: String) -> crate::rooms::ring::Entry {
+        crate::rooms::ring::Entry {
+            frame: Rc::from(text.as_bytes()),
+            id: id.into(),
+            key: 0,
+        }
+    }
+
     fn ring_with(frames: &[&str]) -> Ring {
         let mut r = Ring::new(8, 1 << 16);
-        for f in frames {
-            r.push(Rc::from(f.as_bytes()));
+        for (i, f) in frames.iter().enumerate() {
+            r.push(entry(f, format!("e{i}")));
         }
         r
+    }
+
+    #[test]
+    fn opening_bytes_and_first_event() {
+        let ring = ring_with(&["data: 0\n\n", "data: 1\n\n", "data: 2\n\n"]);
+        let (bytes, seq) = opening("H\r\n\r\n", 3000, &ring, &Start::Live);
+        assert_eq!(
+            (bytes.as_slice(), seq),
+            (&b"H\r\n\r\nretry: 3000\n\n"[..], 3)
+        );
+        assert_eq!(
+            opening("", 0, &ring, &Start::After("e0".into())),
+            (vec![], 1)
+        );
+        assert_eq!(opening("", 0, &ring, &Start::After("e2".into())).1, 3);
+        assert_eq!(opening("", 0, &ring, &Start::Last(2)).1, 1);
+        assert_eq!(opening("", 0, &ring, &Start::Last(99)).1, 0);
+        let (bytes, seq) = opening("", 0, &ring, &Start::After("gone".into()));
+        assert!(
+            bytes.starts_with(b"event: gap\n"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(!String::from_utf8_lossy(&bytes).contains("id:"));
+        assert_eq!(seq, 0);
     }
 
     #[test]
@@ -263,7 +375,7 @@ mod tests {
         let mut ring = Ring::new(2, 1 << 16);
         let mut c = Cursor { seq: 0, offset: 0 };
         for i in 0..3 {
-            ring.push(Rc::from(format!("data: {i}\n\n").as_bytes()));
+            ring.push(entry(&format!("data: {i}\n\n"), format!("e{i}")));
         }
         let mut sink = Sink {
             data: vec![],

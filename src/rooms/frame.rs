@@ -41,21 +41,92 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// The frame for a groupchat message: `data: {"nick":…,"body":…}` and the blank line that
-/// dispatches it. A message from the room itself (no nick) has no `nick` key, as in
-/// `mod_muc_eventsource`, whose JSON encoder drops nil values.
-pub fn message(nick: Option<&str>, body: &str) -> Rc<[u8]> {
-    let mut out = Vec::with_capacity(32 + nick.map_or(0, str::len) + body.len());
-    out.extend_from_slice(b"data: {");
-    if let Some(nick) = nick {
-        out.extend_from_slice(b"\"nick\":");
-        push_json_string(&mut out, nick);
-        out.push(b',');
+/// A JSON object built field by field, for event payloads.
+pub struct Json(Vec<u8>);
+
+impl Json {
+    pub fn new() -> Json {
+        Json(b"{".to_vec())
     }
-    out.extend_from_slice(b"\"body\":");
-    push_json_string(&mut out, body);
-    out.extend_from_slice(b"}\n\n");
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        push_json_string(&mut self.0, key);
+        self.0.push(b':');
+    }
+
+    pub fn str(mut self, key: &str, value: &str) -> Json {
+        self.key(key);
+        push_json_string(&mut self.0, value);
+        self
+    }
+
+    pub fn opt(self, key: &str, value: Option<&str>) -> Json {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self,
+        }
+    }
+
+    pub fn num(mut self, key: &str, value: u64) -> Json {
+        self.key(key);
+        self.0.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    pub fn bool(mut self, key: &str, value: bool) -> Json {
+        self.key(key);
+        self.0
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.push(b'}');
+        self.0
+    }
+}
+
+impl Default for Json {
+    fn default() -> Self {
+        Json::new()
+    }
+}
+
+/// True when `id` can go on an SSE `id:` line: no CR, LF or NUL (they would end the line or be
+/// ignored by the client), not empty, at most 256 bytes.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// One SSE event: optional `event:` type, `id:` (checked with [`valid_id`] by the caller), the
+/// single-line JSON `data:`, and the blank line that dispatches it.
+pub fn event(event_type: Option<&str>, id: &str, json: &[u8]) -> Rc<[u8]> {
+    let mut out = Vec::with_capacity(24 + id.len() + json.len() + event_type.map_or(0, str::len));
+    if let Some(t) = event_type {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(t.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
     out.into()
+}
+
+/// The frame for a groupchat message: unnamed (so `onmessage` sees it), with the payload
+/// `mod_muc_eventsource` sends, `{"nick":…,"body":…}`. A message from the room itself (no nick)
+/// has no `nick` key, as in `mod_muc_eventsource`, whose JSON encoder drops nil values.
+pub fn message(id: &str, nick: Option<&str>, body: &str) -> Rc<[u8]> {
+    event(
+        None,
+        id,
+        &Json::new().opt("nick", nick).str("body", body).finish(),
+    )
 }
 
 #[cfg(test)]
@@ -78,15 +149,31 @@ mod tests {
     }
 
     #[test]
-    fn message_frame_is_one_data_line_and_a_blank_line() {
-        let f = message(Some("alice"), "hi\nthere");
+    fn message_frame_is_an_id_line_one_data_line_and_a_blank_line() {
+        let f = message("7", Some("alice"), "hi\nthere");
         assert_eq!(
             &*f,
-            b"data: {\"nick\":\"alice\",\"body\":\"hi\\nthere\"}\n\n"
+            b"id: 7\ndata: {\"nick\":\"alice\",\"body\":\"hi\\nthere\"}\n\n"
         );
-        let f = message(None, "topic");
-        assert_eq!(&*f, b"data: {\"body\":\"topic\"}\n\n");
+        let f = message("x-1", None, "topic");
+        assert_eq!(&*f, b"id: x-1\ndata: {\"body\":\"topic\"}\n\n");
         let text = std::str::from_utf8(&f).unwrap();
-        assert_eq!(text.matches('\n').count(), 2);
+        assert_eq!(text.matches('\n').count(), 3);
+    }
+
+    #[test]
+    fn typed_events_and_ids() {
+        let json = Json::new()
+            .str("subject", "s")
+            .num("n", 3)
+            .bool("b", true)
+            .finish();
+        let f = event(Some("subject"), "9", &json);
+        assert_eq!(
+            &*f,
+            b"event: subject\nid: 9\ndata: {\"subject\":\"s\",\"n\":3,\"b\":true}\n\n"
+        );
+        assert!(valid_id("abc-123_XYZ=="));
+        assert!(!valid_id("a\nb") && !valid_id("a\rb") && !valid_id("a\0") && !valid_id(""));
     }
 }

@@ -7,8 +7,19 @@
 
 use std::rc::Rc;
 
+/// One event held by the ring.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The SSE bytes, shared with every subscriber writing them.
+    pub frame: Rc<[u8]>,
+    /// The event's `id:` (what a client sends back as `Last-Event-ID`).
+    pub id: Box<str>,
+    /// Identity of a message for history de-duplication (0 for other events).
+    pub key: u64,
+}
+
 pub struct Ring {
-    slots: Box<[Option<Rc<[u8]>>]>,
+    slots: Box<[Option<Entry>]>,
     /// Sequence number the next pushed event gets.
     head: u64,
     /// Events held: `head - len .. head`.
@@ -56,16 +67,16 @@ impl Ring {
 
     /// Adds an event, evicting the oldest ones as the count or byte budget requires.
     /// Returns its sequence number.
-    pub fn push(&mut self, frame: Rc<[u8]>) -> u64 {
+    pub fn push(&mut self, entry: Entry) -> u64 {
         while self.len == self.slots.len()
-            || (self.len > 0 && self.bytes + frame.len() > self.max_bytes)
+            || (self.len > 0 && self.bytes + entry.frame.len() > self.max_bytes)
         {
             self.evict_oldest();
         }
         let seq = self.head;
         let cap = self.slots.len();
-        self.bytes += frame.len();
-        self.slots[(seq % cap as u64) as usize] = Some(frame);
+        self.bytes += entry.frame.len();
+        self.slots[(seq % cap as u64) as usize] = Some(entry);
         self.head += 1;
         self.len += 1;
         seq
@@ -74,18 +85,30 @@ impl Ring {
     fn evict_oldest(&mut self) {
         let cap = self.slots.len() as u64;
         let index = (self.oldest() % cap) as usize;
-        if let Some(frame) = self.slots[index].take() {
-            self.bytes -= frame.len();
+        if let Some(entry) = self.slots[index].take() {
+            self.bytes -= entry.frame.len();
         }
         self.len -= 1;
     }
 
     /// The frame with sequence number `seq`, if still held.
     pub fn get(&self, seq: u64) -> Option<&Rc<[u8]>> {
+        self.entry(seq).map(|e| &e.frame)
+    }
+
+    /// The entry with sequence number `seq`, if still held.
+    pub fn entry(&self, seq: u64) -> Option<&Entry> {
         if seq < self.oldest() || seq >= self.head {
             return None;
         }
         self.slots[(seq % self.slots.len() as u64) as usize].as_ref()
+    }
+
+    /// Sequence number of the held event whose id is `id` (newest first).
+    pub fn find_id(&self, id: &str) -> Option<u64> {
+        (self.oldest()..self.head)
+            .rev()
+            .find(|&seq| self.entry(seq).is_some_and(|e| &*e.id == id))
     }
 }
 
@@ -93,8 +116,12 @@ impl Ring {
 mod tests {
     use super::*;
 
-    fn frame(n: usize) -> Rc<[u8]> {
-        vec![b'x'; n].into()
+    fn frame(n: usize) -> Entry {
+        Entry {
+            frame: vec![b'x'; n].into(),
+            id: format!("id{n}").into(),
+            key: 0,
+        }
     }
 
     #[test]
@@ -109,6 +136,8 @@ mod tests {
         assert_eq!(r.get(4).unwrap().len(), 5);
         assert!(r.get(5).is_none());
         assert_eq!(r.bytes(), 3 + 4 + 5);
+        assert_eq!(r.find_id("id4"), Some(3));
+        assert_eq!(r.find_id("id1"), None);
     }
 
     #[test]

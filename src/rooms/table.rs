@@ -7,10 +7,9 @@
 //! [`Subscription`] and read frames from the ring by sequence number.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::task::Waker;
 
-use super::ring::Ring;
+use super::ring::{Entry, Ring};
 
 /// Where the daemon stands with a room upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +20,8 @@ pub enum JoinState {
     Joined,
     /// The MUC service refused or removed us; the text says why.
     Failed(&'static str),
+    /// The room is gone for good (destroyed): streams end, requests get `204`.
+    Gone(&'static str),
 }
 
 pub struct Room {
@@ -76,6 +77,10 @@ pub struct RoomTable {
     used: Cell<usize>,
     subs: RefCell<Subscribers>,
     closing: Cell<bool>,
+    heartbeat: Cell<u64>,
+    /// Prefix of the event ids this process mints (its start time), so ids minted by an earlier
+    /// run are never mistaken for this run's.
+    epoch: String,
     pub stats: Stats,
 }
 
@@ -120,6 +125,8 @@ impl RoomTable {
                 free: (0..max_subscribers as u32).rev().collect(),
             }),
             closing: Cell::new(false),
+            heartbeat: Cell::new(0),
+            epoch: epoch_prefix(),
             stats: Stats::default(),
         }
     }
@@ -158,12 +165,34 @@ impl RoomTable {
             .position(|r| r.jid.eq_ignore_ascii_case(jid) || r.jid == jid.to_lowercase())
     }
 
-    /// Appends a frame to a room's ring and wakes that room's subscribers. Returns its sequence.
-    pub fn publish(&self, room: usize, frame: Rc<[u8]>) -> u64 {
-        let seq = self.rooms()[room].ring.borrow_mut().push(frame);
+    /// Appends the entry `make` builds (given the event's sequence number) to a room's ring and
+    /// wakes that room's subscribers. Returns the sequence number.
+    pub fn publish(&self, room: usize, make: impl FnOnce(u64) -> Entry) -> u64 {
+        let mut ring = self.rooms()[room].ring.borrow_mut();
+        let entry = make(ring.head());
+        let seq = ring.push(entry);
+        drop(ring);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         self.wake_room(room);
         seq
+    }
+
+    /// The id this process gives event `seq` of a room whose MUC supplies no stanza-id.
+    pub fn mint_id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.epoch)
+    }
+
+    /// Counts a heartbeat and wakes every subscriber to send its keep-alive comment.
+    pub fn beat(&self) {
+        self.heartbeat.set(self.heartbeat.get() + 1);
+        for room in 0..self.rooms().len() {
+            self.wake_room(room);
+        }
+    }
+
+    /// Heartbeats so far.
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.get()
     }
 
     pub fn set_state(&self, room: usize, state: JoinState) {
@@ -257,6 +286,23 @@ impl RoomTable {
     }
 }
 
+/// This run's id prefix: start time in seconds, base 36 (`t5x1k2m`).
+fn epoch_prefix() -> String {
+    let mut n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
 impl Subscription<'_> {
     pub fn room(&self) -> &Room {
         self.table.room(self.room)
@@ -274,6 +320,10 @@ impl Subscription<'_> {
 
     pub fn closing(&self) -> bool {
         self.table.closing()
+    }
+
+    pub fn heartbeat(&self) -> u64 {
+        self.table.heartbeat()
     }
 
     /// Counts this subscriber as dropped for being too slow.
@@ -331,8 +381,14 @@ mod tests {
         let sb = t.subscribe(1).unwrap();
         sa.register(&Waker::from(a.clone()));
         sb.register(&Waker::from(b.clone()));
-        t.publish(0, b"data: 1\n\n".to_vec().into());
-        t.publish(0, b"data: 2\n\n".to_vec().into());
+        for n in 1..=2 {
+            t.publish(0, |seq| Entry {
+                frame: format!("data: {n}\n\n").into_bytes().into(),
+                id: t.mint_id(seq).into(),
+                key: 0,
+            });
+        }
+        assert_eq!(t.room(0).ring().find_id(&t.mint_id(1)), Some(1));
         assert_eq!(a.0.load(Ordering::SeqCst), 2);
         assert_eq!(b.0.load(Ordering::SeqCst), 0);
         t.close_all();

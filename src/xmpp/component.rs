@@ -14,7 +14,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
 use super::muc::{self, MucEvent};
 use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
-use crate::rooms::frame;
+use crate::rooms::feed::Feed;
 use crate::rooms::table::{JoinState, RoomTable};
 use crate::shutdown::Shutdown;
 
@@ -60,12 +60,36 @@ impl From<StreamError> for End {
 /// Runs the component link until shutdown, reconnecting with exponential back-off and jitter.
 pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Result<(), Fatal> {
     let mut delay = config.reconnect_min;
+    let mut links: Vec<RoomLink> = table
+        .rooms()
+        .iter()
+        .map(|_| RoomLink {
+            nick: config.nick.clone(),
+            phase: Phase::Checking,
+            retry_at: None,
+            feed: Feed::default(),
+        })
+        .collect();
     loop {
         let started = Instant::now();
-        let end = session(config, table, shutdown).await;
-        for index in 0..table.rooms().len() {
-            if !matches!(table.room(index).state(), JoinState::Failed(_)) {
-                table.set_state(index, JoinState::Joining);
+        let end = session(config, table, shutdown, &mut links).await;
+        let reason = match &end {
+            End::Shutdown => "the server is stopping or restarting".to_string(),
+            End::AuthRejected(_) => "the XMPP server rejected this service".to_string(),
+            End::Lost(why) => format!("link to the XMPP server lost: {why}"),
+        };
+        let status = if matches!(end, End::Shutdown) {
+            "shutdown"
+        } else {
+            "reconnecting"
+        };
+        for (index, link) in links.iter_mut().enumerate() {
+            if link.phase != Phase::GaveUp {
+                if !matches!(table.room(index).state(), JoinState::Failed(_)) {
+                    table.set_state(index, JoinState::Joining);
+                }
+                link.phase = Phase::Checking;
+                link.feed.status(table, index, status, Some(&reason));
             }
         }
         match end {
@@ -80,7 +104,10 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
                     return Err(Fatal::AuthRejected);
                 }
             }
-            End::Lost(why) => log::warn!("upstream link to {} lost: {why}", config.upstream),
+            End::Lost(why) => {
+                log::warn!("upstream link to {} lost: {why}", config.upstream);
+                crate::notify::status(&format!("reconnecting to {}: {why}", config.upstream));
+            }
         }
         if started.elapsed() > config.reconnect_max * 2 {
             delay = config.reconnect_min;
@@ -127,6 +154,7 @@ struct RoomLink {
     nick: String,
     phase: Phase,
     retry_at: Option<Instant>,
+    feed: Feed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -270,7 +298,12 @@ fn stream_error_condition(e: &Element) -> String {
         .map_or_else(|| format!("<{}>", e.name), |c| c.name.clone())
 }
 
-async fn session(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> End {
+async fn session(
+    config: &Config,
+    table: &RoomTable,
+    shutdown: &Shutdown,
+    links: &mut [RoomLink],
+) -> End {
     let socket = match connect(config).await {
         Ok(s) => s,
         Err(end) => return end,
@@ -303,16 +336,14 @@ async fn session(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> End
         config.upstream,
         config.component
     );
-    let mut links: Vec<RoomLink> = table
-        .rooms()
-        .iter()
-        .map(|_| RoomLink {
-            nick: config.nick.clone(),
-            phase: Phase::Checking,
-            retry_at: None,
-        })
-        .collect();
-    match serve(config, table, shutdown, &mut up, &mut links, &mut buf).await {
+    crate::notify::ready();
+    crate::notify::status(&format!(
+        "connected to {} as {}; joining {} rooms",
+        config.upstream,
+        config.component,
+        links.len()
+    ));
+    match serve(config, table, shutdown, &mut up, links, &mut buf).await {
         Ok(()) => {
             for (index, link) in links.iter().enumerate() {
                 if link.phase == Phase::Joined {
@@ -431,10 +462,12 @@ async fn join(
     index: usize,
 ) -> io::Result<()> {
     link.phase = Phase::Joining;
+    link.feed.joining(table, index);
     up.send(&muc::join(
         &config.component,
         &table.room(index).jid,
         &link.nick,
+        config.history,
     ))
     .await
 }
@@ -467,10 +500,27 @@ async fn handle(
     let event = muc::classify(stanza, from_room.map(|i| links[i].nick.as_str()));
     let room_of = |jid: &str| table.find_jid(jid);
     match event {
-        MucEvent::Message { room, nick, body } => {
+        MucEvent::Message {
+            room,
+            nick,
+            body,
+            stanza_id,
+            delay,
+        } => {
             if let Some(index) = room_of(room) {
-                let seq = table.publish(index, frame::message(nick, body));
-                log::trace!("room {room}: event {seq} from {nick:?}");
+                let seq = links[index]
+                    .feed
+                    .message(table, index, nick, body, stanza_id, delay);
+                log::trace!("room {room}: message from {nick:?} -> event {seq:?}");
+            }
+        }
+        MucEvent::Subject {
+            room,
+            nick,
+            subject,
+        } => {
+            if let Some(index) = room_of(room) {
+                links[index].feed.subject(table, index, nick, subject);
             }
         }
         MucEvent::Joined { room, nick } => {
@@ -478,6 +528,7 @@ async fn handle(
                 links[index].phase = Phase::Joined;
                 links[index].nick = nick.to_string();
                 table.set_state(index, JoinState::Joined);
+                links[index].feed.status(table, index, "joined", None);
                 log::info!("joined room {room} as {nick}");
             }
         }
@@ -504,6 +555,9 @@ async fn handle(
                 "room {room}: join refused: {condition}{text}: {why}; retrying in {ROOM_RECHECK:?}"
             );
             table.set_state(index, JoinState::Failed(why));
+            links[index]
+                .feed
+                .status(table, index, "unavailable", Some(why));
             wait_and_retry(&mut links[index], ROOM_RECHECK);
         }
         MucEvent::Removed {
@@ -518,16 +572,26 @@ async fn handle(
             if destroyed {
                 log::warn!("room {room} was destroyed; it will not be joined again until restart");
                 link.phase = Phase::GaveUp;
-                table.set_state(index, JoinState::Failed("the room was destroyed"));
+                link.feed
+                    .status(table, index, "destroyed", Some("the room was destroyed"));
+                table.set_state(index, JoinState::Gone("the room was destroyed"));
             } else if codes.contains(&301) {
                 log::warn!("banned from room {room}; it will not be joined again until restart");
                 link.phase = Phase::GaveUp;
+                link.feed
+                    .status(table, index, "banned", Some("banned from the room"));
                 table.set_state(index, JoinState::Failed("banned from the room"));
             } else {
                 log::warn!(
                     "removed from room {room} (status {codes:?}); rejoining in {:?}",
                     config.reconnect_min
                 );
+                let why = if codes.contains(&307) {
+                    "kicked from the room"
+                } else {
+                    "removed from the room"
+                };
+                link.feed.status(table, index, "rejoining", Some(why));
                 table.set_state(index, JoinState::Joining);
                 wait_and_retry(link, config.reconnect_min);
             }
@@ -587,6 +651,12 @@ async fn handle_iq(
             }
             let room = table.room(index);
             if kind == "result" {
+                let features = iq
+                    .child("query", NS_DISCO_INFO)
+                    .map_or(&[][..], |q| &q.children[..]);
+                links[index].feed.stanza_ids = features
+                    .iter()
+                    .any(|f| f.name == "feature" && f.attr("var") == Some(muc::NS_SID));
                 join(config, table, up, &mut links[index], index).await?;
                 return Ok(());
             }
@@ -606,6 +676,12 @@ async fn handle_iq(
                     config.muc
                 );
                 table.set_state(index, JoinState::Failed("the room does not exist"));
+                links[index].feed.status(
+                    table,
+                    index,
+                    "unavailable",
+                    Some("the room does not exist"),
+                );
                 wait_and_retry(&mut links[index], ROOM_RECHECK);
             } else {
                 log::warn!(

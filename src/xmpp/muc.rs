@@ -9,11 +9,13 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
 
-/// Join presence: available, to `room/nick`, with the MUC `<x/>` and no history.
-pub fn join(from: &str, room_jid: &str, nick: &str) -> String {
+/// Join presence: available, to `room/nick`, with the MUC `<x/>` asking for `history` messages
+/// of history (0 = none).
+pub fn join(from: &str, room_jid: &str, nick: &str, history: usize) -> String {
     format!(
-        "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>",
+        "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='{history}'/></x></presence>",
         escape(from),
         escape(room_jid),
         escape(nick)
@@ -33,11 +35,21 @@ pub fn leave(from: &str, room_jid: &str, nick: &str) -> String {
 /// What a room stanza means to us.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MucEvent<'a> {
-    /// A live groupchat message with a body.
+    /// A groupchat message with a body.
     Message {
         room: &'a str,
         nick: Option<&'a str>,
         body: &'a str,
+        /// XEP-0359 stanza-id the room stamped on it (only the one `by` the room itself).
+        stanza_id: Option<&'a str>,
+        /// XEP-0203 delay stamp: set for history replayed on join, `None` for live messages.
+        delay: Option<&'a str>,
+    },
+    /// A subject message (subject, no body): a change, or the current subject sent on join.
+    Subject {
+        room: &'a str,
+        nick: Option<&'a str>,
+        subject: &'a str,
     },
     /// Our own presence came back with status 110: we are in.
     Joined { room: &'a str, nick: &'a str },
@@ -81,21 +93,36 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
             if stanza.attr("type") != Some("groupchat") {
                 return MucEvent::Ignored;
             }
-            // History replay carries a delay stamped by the room; it is not live.
-            if stanza.child("delay", NS_DELAY).is_some() {
-                return MucEvent::Ignored;
-            }
-            match stanza
-                .children
-                .iter()
-                .find(|c| c.name == "body" && c.ns == stanza.ns)
-            {
-                Some(body) => MucEvent::Message {
+            let nick = resource.filter(|r| !r.is_empty());
+            let child = |name: &str| {
+                stanza
+                    .children
+                    .iter()
+                    .find(|c| c.name == name && c.ns == stanza.ns)
+            };
+            match (child("body"), child("subject")) {
+                (Some(body), _) => MucEvent::Message {
                     room,
-                    nick: resource.filter(|r| !r.is_empty()),
+                    nick,
                     body: &body.text,
+                    stanza_id: stanza
+                        .children
+                        .iter()
+                        .find(|c| {
+                            c.name == "stanza-id" && c.ns == NS_SID && c.attr("by") == Some(room)
+                        })
+                        .and_then(|c| c.attr("id")),
+                    // History replayed on join carries a delay stamped by the room.
+                    delay: stanza
+                        .child("delay", NS_DELAY)
+                        .and_then(|d| d.attr("stamp")),
                 },
-                None => MucEvent::Ignored,
+                (None, Some(subject)) => MucEvent::Subject {
+                    room,
+                    nick,
+                    subject: &subject.text,
+                },
+                (None, None) => MucEvent::Ignored,
             }
         }
         "presence" => {
@@ -189,7 +216,8 @@ mod tests {
 
     #[test]
     fn join_stanza_escapes_and_carries_the_muc_x() {
-        let s = join("sse.localhost", "lobby@conference.localhost", "a'b<");
+        let s = join("sse.localhost", "lobby@conference.localhost", "a'b<", 5);
+        assert!(s.contains("maxstanzas='5'"), "{s}");
         assert!(
             s.contains("to='lobby@conference.localhost/a&apos;b&lt;'"),
             "{s}"
@@ -200,32 +228,54 @@ mod tests {
 
     #[test]
     fn groupchat_with_body_is_a_message() {
-        let e = el("<message type='groupchat' from='lobby@c/alice'><body>hi</body></message>");
+        let e = el(
+            "<message type='groupchat' from='lobby@c/alice'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' by='alice@x' id='fake'/><stanza-id xmlns='urn:xmpp:sid:0' by='lobby@c' id='s1'/></message>",
+        );
         assert_eq!(
             classify(&e, NICK),
             MucEvent::Message {
                 room: "lobby@c",
                 nick: Some("alice"),
-                body: "hi"
+                body: "hi",
+                stanza_id: Some("s1"),
+                delay: None
             }
         );
         let e = el("<message type='groupchat' from='lobby@c/alice'><subject>t</subject></message>");
-        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
-        let e = el(
-            "<message type='groupchat' from='lobby@c/a'><body>old</body><delay xmlns='urn:xmpp:delay' stamp='x'/></message>",
-        );
-        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
-        let e = el("<message type='chat' from='lobby@c/a'><body>pm</body></message>");
-        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
-        let e = el("<message type='groupchat' from='lobby@c'><body>room says</body></message>");
         assert_eq!(
             classify(&e, NICK),
-            MucEvent::Message {
+            MucEvent::Subject {
                 room: "lobby@c",
-                nick: None,
-                body: "room says"
+                nick: Some("alice"),
+                subject: "t"
             }
         );
+        let e = el(
+            "<message type='groupchat' from='lobby@c/a'><body>old</body><delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/></message>",
+        );
+        assert!(matches!(
+            classify(&e, NICK),
+            MucEvent::Message {
+                delay: Some("2026-01-01T00:00:00Z"),
+                stanza_id: None,
+                ..
+            }
+        ));
+        let e = el("<message type='chat' from='lobby@c/a'><body>pm</body></message>");
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el(
+            "<message type='groupchat' from='lobby@c/a'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        let e = el("<message type='groupchat' from='lobby@c'><body>room says</body></message>");
+        assert!(matches!(
+            classify(&e, NICK),
+            MucEvent::Message {
+                nick: None,
+                body: "room says",
+                ..
+            }
+        ));
     }
 
     #[test]

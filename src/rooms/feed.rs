@@ -1,0 +1,289 @@
+//! A room's feed: turns what happens in a room (live messages, history replayed on join, subject
+//! changes, our own status with the room) into ring entries, each with its event id, and keeps
+//! every one of them from being emitted twice.
+//!
+//! Event ids: the room's XEP-0359 stanza-id when its disco#info announces `urn:xmpp:sid:0`
+//! (Prosody does with `mod_muc_mam`), so they are the same on every instance and survive our
+//! restarts; otherwise `<run>-<seq>`, minted by the room table (see `RoomTable::mint_id`).
+//!
+//! History de-duplication after a re-join: a replayed message whose stanza-id is in the ring, or
+//! whose delay stamp is older than the last live message we saw, or that matches (in order) a
+//! message already in the ring by (nick, body), is skipped; what remains is the in-order suffix
+//! that was missed while we were away.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::frame::{self, Json};
+use super::ring::Entry;
+use super::table::RoomTable;
+
+/// Per-room publishing state; lives as long as the process (across upstream reconnects).
+#[derive(Debug, Default)]
+pub struct Feed {
+    /// The room announces `urn:xmpp:sid:0`: its stanza-ids are trusted as event ids.
+    pub stanza_ids: bool,
+    last_subject: Option<String>,
+    last_status: Option<&'static str>,
+    /// UTC stamp (`YYYY-MM-DDTHH:MM:SS`) of the last live message.
+    last_live: Option<String>,
+    /// Ring sequence the next replayed history message is matched from.
+    history_from: u64,
+}
+
+/// Identity of a message for de-duplication.
+fn message_key(nick: Option<&str>, body: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    nick.hash(&mut h);
+    body.hash(&mut h);
+    // 0 marks entries that are not messages.
+    h.finish().max(1)
+}
+
+impl Feed {
+    /// Called when a join is sent: history that follows is matched against the whole ring.
+    pub fn joining(&mut self, table: &RoomTable, room: usize) {
+        self.history_from = table.room(room).ring().oldest();
+    }
+
+    /// A groupchat message with a body; `delay` is set for history. Returns the sequence
+    /// number if it was published, `None` if it was a duplicate.
+    pub fn message(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        nick: Option<&str>,
+        body: &str,
+        stanza_id: Option<&str>,
+        delay: Option<&str>,
+    ) -> Option<u64> {
+        let key = message_key(nick, body);
+        let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
+        if let Some(stamp) = delay {
+            let ring = table.room(room).ring();
+            if room_id.is_some_and(|id| ring.find_id(id).is_some()) {
+                return None;
+            }
+            if let (Some(last), Some(stamp)) = (&self.last_live, stamp_seconds(stamp))
+                && stamp < last.as_str()
+            {
+                return None;
+            }
+            let matched = (self.history_from.max(ring.oldest())..ring.head())
+                .find(|&seq| ring.entry(seq).is_some_and(|e| e.key == key));
+            if let Some(seq) = matched {
+                self.history_from = seq + 1;
+                return None;
+            }
+        } else {
+            self.last_live = Some(utc_stamp(SystemTime::now()));
+        }
+        let seq = table.publish(room, |seq| {
+            let id = room_id.map_or_else(|| table.mint_id(seq), str::to_string);
+            Entry {
+                frame: frame::message(&id, nick, body),
+                id: id.into(),
+                key,
+            }
+        });
+        if delay.is_some() {
+            self.history_from = seq + 1;
+        }
+        Some(seq)
+    }
+
+    /// The room's subject (sent on every join, and on every change): an `event: subject` when
+    /// it differs from the last one published.
+    pub fn subject(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        nick: Option<&str>,
+        subject: &str,
+    ) -> Option<u64> {
+        if self.last_subject.as_deref() == Some(subject)
+            || (self.last_subject.is_none() && subject.is_empty())
+        {
+            return None;
+        }
+        self.last_subject = Some(subject.to_string());
+        let json = Json::new()
+            .str("subject", subject)
+            .opt("nick", nick)
+            .finish();
+        Some(publish_typed(table, room, "subject", &json))
+    }
+
+    /// Our standing with the room changed: an `event: status` when it differs from the last.
+    pub fn status(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        status: &'static str,
+        reason: Option<&str>,
+    ) -> Option<u64> {
+        if self.last_status == Some(status) {
+            return None;
+        }
+        self.last_status = Some(status);
+        let json = Json::new()
+            .str("status", status)
+            .opt("reason", reason)
+            .finish();
+        Some(publish_typed(table, room, "status", &json))
+    }
+
+    pub fn last_status(&self) -> Option<&'static str> {
+        self.last_status
+    }
+}
+
+fn publish_typed(table: &RoomTable, room: usize, event_type: &str, json: &[u8]) -> u64 {
+    table.publish(room, |seq| {
+        let id = table.mint_id(seq);
+        Entry {
+            frame: frame::event(Some(event_type), &id, json),
+            id: id.into(),
+            key: 0,
+        }
+    })
+}
+
+/// The `YYYY-MM-DDTHH:MM:SS` part of an XEP-0082 UTC stamp (`…Z`, fractions allowed).
+fn stamp_seconds(stamp: &str) -> Option<&str> {
+    let head = stamp.get(..19)?;
+    let rest = &stamp[19..];
+    let utc = rest.ends_with('Z') || rest.ends_with("+00:00") || rest.is_empty();
+    (utc && head.as_bytes()[10] == b'T').then_some(head)
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS` in UTC.
+pub fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn table() -> RoomTable {
+        let mut t = RoomTable::new(1, 16, 1 << 16, 4);
+        t.add("lobby", "c");
+        t
+    }
+
+    fn bodies(t: &RoomTable) -> Vec<String> {
+        let ring = t.room(0).ring();
+        (ring.oldest()..ring.head())
+            .map(|s| String::from_utf8(ring.get(s).unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "1970-01-01T00:00:00");
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_stamp(t), "2023-11-14T22:13:20");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_stamp(t), "2000-02-29T00:00:00");
+        assert_eq!(
+            stamp_seconds("2026-11-27T03:10:48.123Z"),
+            Some("2026-11-27T03:10:48")
+        );
+        assert_eq!(stamp_seconds("2026-11-27T03:10:48+02:00"), None);
+    }
+
+    #[test]
+    fn history_after_a_rejoin_is_only_the_missed_suffix() {
+        let t = table();
+        let mut f = Feed::default();
+        f.joining(&t, 0);
+        // First join: history seeds the ring.
+        let old = Some("2000-01-01T00:00:00Z");
+        assert!(f.message(&t, 0, Some("a"), "h1", None, old).is_some());
+        assert!(f.message(&t, 0, Some("a"), "h2", None, old).is_some());
+        // Live.
+        f.message(&t, 0, Some("b"), "live1", None, None).unwrap();
+        f.message(&t, 0, Some("b"), "ok", None, None).unwrap();
+        // Re-join: the room replays h2, live1, ok (seen) and ok, missed (sent while away),
+        // stamped now or later.
+        f.joining(&t, 0);
+        let now = format!("{}Z", utc_stamp(SystemTime::now() + Duration::from_secs(5)));
+        let replay = ["h2", "live1", "ok", "ok", "missed"];
+        let nicks = ["a", "b", "b", "b", "c"];
+        let published: Vec<bool> = replay
+            .iter()
+            .zip(nicks)
+            .map(|(body, nick)| {
+                f.message(&t, 0, Some(nick), body, None, Some(&now))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(published, vec![false, false, false, true, true]);
+        let all = bodies(&t);
+        assert_eq!(all.len(), 6);
+        assert!(all[4].contains("\"ok\"") && all[5].contains("\"missed\""));
+    }
+
+    #[test]
+    fn stanza_ids_are_used_when_the_room_announces_them() {
+        let t = table();
+        let mut f = Feed::default();
+        f.message(&t, 0, Some("a"), "x", Some("sid-1"), None);
+        assert!(bodies(&t)[0].starts_with("id: "), "minted");
+        assert!(!bodies(&t)[0].contains("sid-1"));
+        f.stanza_ids = true;
+        f.message(&t, 0, Some("a"), "y", Some("sid-2"), None);
+        assert!(bodies(&t)[1].starts_with("id: sid-2\n"));
+        // The same message replayed as history is recognised by its id.
+        f.joining(&t, 0);
+        assert!(
+            f.message(
+                &t,
+                0,
+                Some("a"),
+                "y",
+                Some("sid-2"),
+                Some("2999-01-01T00:00:00Z")
+            )
+            .is_none()
+        );
+        // An id that would break the stream is not used.
+        f.message(&t, 0, Some("a"), "z", Some("bad\nid"), None);
+        assert!(!bodies(&t)[2].contains("bad"));
+    }
+
+    #[test]
+    fn subject_and_status_events_only_on_change() {
+        let t = table();
+        let mut f = Feed::default();
+        assert!(f.subject(&t, 0, None, "").is_none());
+        assert!(f.subject(&t, 0, Some("o"), "Welcome").is_some());
+        assert!(f.subject(&t, 0, None, "Welcome").is_none());
+        assert!(f.status(&t, 0, "joined", None).is_some());
+        assert!(f.status(&t, 0, "joined", None).is_none());
+        assert!(f.status(&t, 0, "reconnecting", Some("link lost")).is_some());
+        let all = bodies(&t);
+        assert!(all[0].starts_with("event: subject\nid: "), "{}", all[0]);
+        assert!(all[0].ends_with("data: {\"subject\":\"Welcome\",\"nick\":\"o\"}\n\n"));
+        assert!(all[2].contains("{\"status\":\"reconnecting\",\"reason\":\"link lost\"}"));
+    }
+}
