@@ -428,6 +428,9 @@ async fn serve(
                         }
                     };
                     handle(config, table, up, links, &stanza).await?;
+                    // Let the subscribers this stanza woke write it before the next one is
+                    // published: a burst bigger than a ring must not lap fast readers.
+                    future::yield_now().await;
                 }
             }
         }

@@ -1,0 +1,259 @@
+//! Streams people can rely on, against a real Prosody: event ids, resume with `Last-Event-ID`
+//! (header and `?lastEventId=`), the `gap` event, `?history=N`, MUC history seeding without
+//! duplicates across an upstream restart, stanza-ids as event ids (with `mod_muc_mam`), status
+//! and subject events, heartbeat comments, and what a destroyed room does to its streams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::json::Json;
+use common::prosody::{Prosody, ROOM_OWNER};
+use common::sse::{SseClient, SseEvent, http_get};
+use common::xmpp::XmppClient;
+
+const T: Duration = Duration::from_secs(10);
+
+fn body(event: &SseEvent) -> String {
+    assert_eq!(event.event_type, "message", "{event:?}");
+    Json::parse(&event.data)
+        .unwrap()
+        .get("body")
+        .and_then(Json::as_str)
+        .unwrap()
+        .to_string()
+}
+
+fn bodies(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event_type == "message")
+        .map(body)
+        .collect()
+}
+
+fn field(event: &SseEvent, key: &str) -> Option<String> {
+    Json::parse(&event.data)
+        .ok()?
+        .get(key)
+        .and_then(Json::as_str)
+        .map(str::to_string)
+}
+
+fn user(prosody: &Prosody, name: &str, room: &str) -> XmppClient {
+    prosody.register(name, "pw");
+    let mut c = XmppClient::connect(prosody, name, "pw");
+    c.join(room, name);
+    c
+}
+
+/// Messages events only, waiting for `n` of them.
+fn messages(sub: &mut SseClient, n: usize) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match sub.next_event(T) {
+            Some(e) if e.event_type == "message" => out.push(e),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn reconnect_with_last_event_id_gets_exactly_the_missed_messages() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        alice.send_groupchat("lobby", &format!("seen {i}"));
+    }
+    let seen = messages(&mut sub, 3);
+    assert_eq!(bodies(&seen), vec!["seen 0", "seen 1", "seen 2"]);
+    let last = seen[2].last_event_id.clone();
+    assert!(!last.is_empty(), "every event carries an id");
+    drop(sub);
+    for i in 0..4 {
+        alice.send_groupchat("lobby", &format!("missed {i}"));
+    }
+    // The bodies must have reached the daemon before we resume.
+    let mut probe = SseClient::connect(daemon.http, "/eventsource/lobby?history=4", &[]);
+    assert_eq!(messages(&mut probe, 4).len(), 4);
+
+    let want = vec!["missed 0", "missed 1", "missed 2", "missed 3"];
+    let mut resumed = SseClient::connect(
+        daemon.http,
+        "/eventsource/lobby",
+        &[("Last-Event-ID", &last)],
+    );
+    assert_eq!(bodies(&resumed.collect(4, T)), want);
+    // The query fallback, for clients that cannot set headers.
+    let mut by_query = SseClient::connect(
+        daemon.http,
+        &format!("/eventsource/lobby?lastEventId={last}"),
+        &[],
+    );
+    assert_eq!(bodies(&by_query.collect(4, T)), want);
+    // Nothing more: no duplicates, and live events continue after the replay.
+    alice.send_groupchat("lobby", "live");
+    assert_eq!(bodies(&resumed.collect(1, T)), vec!["live"]);
+    assert!(resumed.next_event(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn an_id_the_ring_no_longer_holds_gets_a_gap_event_then_what_is_there() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let daemon = Daemon::start(&prosody, &["lobby"], "ring_events = 4\nhistory = 0");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send_groupchat("lobby", "first");
+    let first = sub.next_event(T).unwrap();
+    for i in 0..6 {
+        alice.send_groupchat("lobby", &format!("later {i}"));
+    }
+    assert_eq!(messages(&mut sub, 6).len(), 6);
+    let mut resumed = SseClient::connect(
+        daemon.http,
+        "/eventsource/lobby",
+        &[("Last-Event-ID", &first.last_event_id)],
+    );
+    let events = resumed.collect(5, T);
+    assert_eq!(events[0].event_type, "gap", "{events:?}");
+    assert_eq!(
+        field(&events[0], "lastEventId").as_deref(),
+        Some(first.last_event_id.as_str())
+    );
+    assert_eq!(
+        bodies(&events[1..]),
+        vec!["later 2", "later 3", "later 4", "later 5"]
+    );
+    // An id from another run (or made up) is a gap too.
+    let mut unknown = SseClient::connect(
+        daemon.http,
+        "/eventsource/lobby",
+        &[("Last-Event-ID", "zzz-1")],
+    );
+    assert_eq!(unknown.next_event(T).unwrap().event_type, "gap");
+}
+
+#[test]
+fn history_seeds_the_ring_and_an_upstream_restart_duplicates_nothing() {
+    let mut prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    for i in 0..3 {
+        alice.send_groupchat("lobby", &format!("before start {i}"));
+    }
+    alice.wait_for("before start 2", T);
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 10\nreconnect_max_secs = 2");
+    // History fetched on join is in the ring: ?history=N replays it.
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby?history=10", &[]);
+    assert_eq!(
+        bodies(&messages(&mut sub, 3)),
+        vec!["before start 0", "before start 1", "before start 2"]
+    );
+    alice.send_groupchat("lobby", "live before restart");
+    assert_eq!(bodies(&messages(&mut sub, 1)), vec!["live before restart"]);
+
+    // Prosody restarts (the rooms are persistent): the daemon reconnects and re-joins, and the
+    // room replays its history, all of which this subscriber has already had.
+    prosody.restart();
+    daemon.wait_log_count("joined room lobby@", 2, Duration::from_secs(20));
+    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
+    alice.join("lobby", "alice");
+    alice.send_groupchat("lobby", "after restart");
+    let mut statuses = Vec::new();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let e = sub
+            .next_event(T)
+            .expect("the stream survives the upstream restart");
+        match e.event_type.as_str() {
+            "status" => statuses.push(field(&e, "status").unwrap()),
+            "message" => got.push(body(&e)),
+            other => panic!("unexpected {other} event: {e:?}"),
+        }
+    }
+    assert_eq!(got, vec!["after restart"], "no history message came twice");
+    assert_eq!(statuses, vec!["reconnecting", "joined"]);
+    assert!(sub.next_event(Duration::from_millis(500)).is_none());
+}
+
+#[test]
+fn stanza_ids_are_the_event_ids_when_the_room_has_mam() {
+    let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send_groupchat("lobby", "archived");
+    let echoed = alice.wait_for("archived", T);
+    let stanza_id = echoed
+        .split("<stanza-id")
+        .nth(1)
+        .and_then(|s| s.split("id='").nth(1))
+        .and_then(|s| s.split('\'').next())
+        .expect("Prosody stamps a stanza-id with mod_muc_mam");
+    let event = sub.next_event(T).unwrap();
+    assert_eq!(body(&event), "archived");
+    assert_eq!(event.last_event_id, stanza_id);
+}
+
+#[test]
+fn heartbeat_comments_keep_idle_streams_alive() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let daemon = Daemon::start(&prosody, &["lobby"], "heartbeat_secs = 1");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    assert!(sub.next_event(Duration::from_millis(2500)).is_none());
+    assert!(sub.parser.comments >= 2, "{} comments", sub.parser.comments);
+}
+
+#[test]
+fn shutdown_sends_a_status_event_before_closing() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let mut daemon = Daemon::start(&prosody, &["lobby"], "");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.stop().code(), Some(0));
+    let event = sub.next_event(T).expect("a last event");
+    assert_eq!(event.event_type, "status");
+    assert_eq!(field(&event, "status").as_deref(), Some("shutdown"));
+    assert!(sub.wait_closed(T));
+}
+
+#[test]
+fn a_destroyed_room_ends_its_streams_and_answers_204() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby", "news"]);
+    let daemon = Daemon::start(&prosody, &["lobby", "news"], "");
+    let mut lobby = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    let mut news = SseClient::connect(daemon.http, "/eventsource/news", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (user, pass) = ROOM_OWNER;
+    let mut owner = XmppClient::connect(&prosody, user, pass);
+    let jid = owner.room_jid("lobby");
+    owner.iq(
+        "destroy1",
+        &format!(
+            "<iq type='set' to='{jid}' id='destroy1'><query xmlns='http://jabber.org/protocol/muc#owner'><destroy><reason>closing</reason></destroy></query></iq>"
+        ),
+    );
+    let event = lobby.next_event(T).expect("a final event");
+    assert_eq!(event.event_type, "status");
+    assert_eq!(field(&event, "status").as_deref(), Some("destroyed"));
+    assert!(lobby.wait_closed(T), "the stream ends");
+    assert_eq!(http_get(daemon.http, "/eventsource/lobby").0, 204);
+    // The other room is untouched.
+    owner.join("news", user);
+    owner.send_groupchat("news", "still here");
+    assert_eq!(bodies(&messages(&mut news, 1)), vec!["still here"]);
+}
