@@ -24,6 +24,15 @@ pub struct Head {
     pub query: String,
     /// The `Last-Event-ID` header a reconnecting EventSource sends.
     pub last_event_id: Option<String>,
+    /// `Origin` (CORS).
+    pub origin: Option<String>,
+    /// The token of an `Authorization: Bearer <token>` header.
+    pub bearer: Option<String>,
+    /// `If-None-Match` (ETag revalidation of pages).
+    pub if_none_match: Option<String>,
+    /// `Accept` names `text/event-stream`: the client is an EventSource, which gives up for good
+    /// on any status but 200.
+    pub wants_event_stream: bool,
 }
 
 /// Why a request head is refused.
@@ -66,20 +75,48 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query.split('#').next().unwrap_or("");
-    let mut last_event_id = None;
-    for header in req.headers.iter() {
-        if header.name.eq_ignore_ascii_case("last-event-id") {
-            let value = std::str::from_utf8(header.value)
-                .map_err(|_| Reject::Malformed("Last-Event-ID is not UTF-8"))?;
-            last_event_id = Some(value.trim().to_string());
-        }
-    }
-    Ok(Some(Head {
+    let mut head = Head {
         method,
         path: path.to_string(),
         query: query.to_string(),
-        last_event_id,
-    }))
+        last_event_id: None,
+        origin: None,
+        bearer: None,
+        if_none_match: None,
+        wants_event_stream: false,
+    };
+    for header in req.headers.iter() {
+        let name = header.name;
+        let known = [
+            "last-event-id",
+            "origin",
+            "authorization",
+            "if-none-match",
+            "accept",
+        ];
+        if !known.iter().any(|k| name.eq_ignore_ascii_case(k)) {
+            continue;
+        }
+        let value = std::str::from_utf8(header.value)
+            .map_err(|_| Reject::Malformed("a header value is not UTF-8"))?
+            .trim()
+            .to_string();
+        if name.eq_ignore_ascii_case("last-event-id") {
+            head.last_event_id = Some(value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            head.origin = Some(value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            let (scheme, token) = value.split_once(' ').unwrap_or((&value, ""));
+            if scheme.eq_ignore_ascii_case("bearer") {
+                head.bearer = Some(token.trim().to_string());
+            }
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            head.if_none_match = Some(value);
+        } else if value.contains("text/event-stream") {
+            head.wants_event_stream = true;
+        }
+    }
+    Ok(Some(head))
 }
 
 /// Values of query parameter `name` (`a=1&b=2&a=3`), percent-decoded; broken ones are skipped.

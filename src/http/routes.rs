@@ -32,33 +32,55 @@ pub enum Route {
     Reply(Reply),
 }
 
+/// A complete response (everything but streams).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
-    pub headers: &'static str,
-    pub body: String,
+    pub content_type: &'static str,
+    /// Extra header lines, each ending in CRLF.
+    pub headers: String,
+    pub body: Vec<u8>,
     /// `HEAD` requests get the headers only.
     pub head_only: bool,
 }
 
 impl Reply {
-    fn text(status: u16, body: impl Into<String>) -> Reply {
+    pub fn text(status: u16, body: impl Into<String>) -> Reply {
+        Reply::with_type(
+            status,
+            "text/plain; charset=utf-8",
+            body.into().into_bytes(),
+        )
+    }
+
+    pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
         Reply {
             status,
-            headers: "",
-            body: body.into(),
+            content_type,
+            headers: String::new(),
+            body,
             head_only: false,
         }
     }
 
-    /// The whole response, ready to write (`204` carries neither body nor length).
+    /// Adds a header line.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push_str(name);
+        self.headers.push_str(": ");
+        self.headers.push_str(value);
+        self.headers.push_str("\r\n");
+        self
+    }
+
+    /// The whole response, ready to write (`204` and `304` carry neither body nor length).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let no_body = self.status == 204;
+        let no_body = self.status == 204 || self.status == 304;
         let framing = if no_body {
             String::new()
         } else {
             format!(
-                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
                 self.body.len()
             )
         };
@@ -70,7 +92,7 @@ impl Reply {
         )
         .into_bytes();
         if !self.head_only && !no_body {
-            out.extend_from_slice(self.body.as_bytes());
+            out.extend_from_slice(&self.body);
         }
         out
     }
@@ -80,6 +102,9 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
+        304 => "Not Modified",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -100,18 +125,21 @@ pub fn reject(why: Reject) -> Reply {
 
 pub fn route(head: &Head, table: &RoomTable) -> Route {
     if head.method == Method::Options {
-        return Route::Reply(Reply {
-            status: 204,
-            headers: "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET\r\nAccess-Control-Allow-Headers: Last-Event-ID, Cache-Control\r\nAccess-Control-Max-Age: 7200\r\n",
-            body: String::new(),
-            head_only: false,
-        });
+        return Route::Reply(
+            Reply::text(204, "")
+                .header("Access-Control-Allow-Origin", "*")
+                .header("Access-Control-Allow-Methods", "GET")
+                .header(
+                    "Access-Control-Allow-Headers",
+                    "Last-Event-ID, Cache-Control, Authorization",
+                )
+                .header("Access-Control-Max-Age", "7200"),
+        );
     }
     if head.method == Method::Other {
-        return Route::Reply(Reply {
-            headers: "Allow: GET, HEAD, OPTIONS\r\n",
-            ..Reply::text(405, "only GET is served here\n")
-        });
+        return Route::Reply(
+            Reply::text(405, "only GET is served here\n").header("Allow", "GET, HEAD, OPTIONS"),
+        );
     }
     let reply = |r: Reply| {
         Route::Reply(Reply {

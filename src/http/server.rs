@@ -18,7 +18,7 @@ use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::sse;
 use crate::config::Config;
-use crate::rooms::table::RoomTable;
+use crate::rooms::table::{RoomTable, count};
 use crate::shutdown::Shutdown;
 
 /// Time allowed to write a short reply before giving up on the client.
@@ -77,16 +77,12 @@ pub async fn serve(
             }
         };
         if server.pending.get() >= server.config.max_pending_requests {
+            count(&server.table.stats().rejected_pending, 1);
             log::debug!(
                 "{peer}: refused, {} requests already pending",
                 server.pending.get()
             );
-            let reply = Reply {
-                status: 503,
-                headers: "Retry-After: 5\r\n",
-                body: "busy, retry later\n".into(),
-                head_only: false,
-            };
+            let reply = Reply::text(503, "busy, retry later\n").header("Retry-After", "5");
             let _ = socket.get_ref().set_nonblocking(true);
             let _ = std::io::Write::write(&mut socket.get_ref(), &reply.to_bytes());
             continue;
@@ -127,17 +123,14 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
                 "{peer}: no complete request within {:?}",
                 config.header_timeout
             );
-            let reply = Reply {
-                status: 408,
-                headers: "",
-                body: "request timeout\n".into(),
-                head_only: false,
-            };
+            count(&server.table.stats().rejected_timeout, 1);
+            let reply = Reply::text(408, "request timeout\n");
             send(&socket, &reply.to_bytes()).await;
             return;
         }
         Err(Some(Ok(why))) => {
             log::debug!("{peer}: rejected request: {why:?}");
+            count(&server.table.stats().rejected_bad_request, 1);
             send(&socket, &routes::reject(why).to_bytes()).await;
             return;
         }
@@ -159,12 +152,8 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
                     "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
                     config.max_subscribers
                 );
-                let reply = Reply {
-                    status: 503,
-                    headers: "Retry-After: 10\r\n",
-                    body: "too many subscribers, retry later\n".into(),
-                    head_only: false,
-                };
+                let reply = Reply::text(503, "too many subscribers, retry later\n")
+                    .header("Retry-After", "10");
                 send(&socket, &reply.to_bytes()).await;
                 return;
             };

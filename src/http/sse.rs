@@ -16,7 +16,7 @@ use futures_lite::AsyncWriteExt;
 use super::routes::Start;
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::{JoinState, RoomTable, Subscription};
+use crate::rooms::table::{JoinState, RoomTable, Stats, Subscription, count};
 
 /// Frames gathered into one vectored write at most.
 pub const BATCH: usize = 32;
@@ -54,7 +54,13 @@ pub enum Wrote {
 }
 
 /// Writes as many pending frames as the socket takes, in one vectored write.
-pub fn write_pending<W: Write>(ring: &Ring, cursor: &mut Cursor, mut out: W) -> io::Result<Wrote> {
+/// Counts events and bytes in `stats` when given.
+pub fn write_pending<W: Write>(
+    ring: &Ring,
+    cursor: &mut Cursor,
+    mut out: W,
+    stats: Option<&Stats>,
+) -> io::Result<Wrote> {
     if cursor.seq < ring.oldest() {
         return Ok(Wrote::Lapped);
     }
@@ -78,6 +84,7 @@ pub fn write_pending<W: Write>(ring: &Ring, cursor: &mut Cursor, mut out: W) -> 
     if written == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
+    let (bytes, events_before) = (written as u64, cursor.seq);
     while written > 0 {
         let frame = ring
             .get(cursor.seq)
@@ -91,6 +98,10 @@ pub fn write_pending<W: Write>(ring: &Ring, cursor: &mut Cursor, mut out: W) -> 
             cursor.offset += written;
             written = 0;
         }
+    }
+    if let Some(stats) = stats {
+        count(&stats.bytes_out, bytes);
+        count(&stats.events_out, cursor.seq - events_before);
     }
     Ok(if cursor.seq == ring.head() {
         Wrote::CaughtUp
@@ -150,6 +161,8 @@ pub async fn stream(
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
+    count(&sub.stats().bytes_out, opening.len() as u64);
+    count(&sub.stats().streams_opened, 1);
     drop(opening);
     let mut cursor = Cursor {
         seq: first,
@@ -158,7 +171,12 @@ pub async fn stream(
     let mut beats = sub.heartbeat();
     loop {
         let closing = sub.closing();
-        let wrote = write_pending(&sub.room().ring(), &mut cursor, socket.get_ref());
+        let wrote = write_pending(
+            &sub.room().ring(),
+            &mut cursor,
+            socket.get_ref(),
+            Some(sub.stats()),
+        );
         if closing {
             // One last non-blocking write, so the shutdown status goes out if it can.
             return Ended::Shutdown;
@@ -172,7 +190,7 @@ pub async fn stream(
             }
             Ok(Wrote::More) => continue,
             Ok(Wrote::Lapped) => {
-                sub.count_dropped_slow();
+                count(&sub.stats().dropped_slow, 1);
                 return Ended::Lapped;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
@@ -186,7 +204,7 @@ pub async fn stream(
                 // Only between events; a full socket does not need keeping alive.
                 if cursor.offset == 0 && !want_write {
                     match socket.get_ref().write(b":\n") {
-                        Ok(_) => {}
+                        Ok(n) => count(&sub.stats().bytes_out, n as u64),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Ended::ClientGone,
                     }
@@ -340,7 +358,7 @@ mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink).unwrap(),
+            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
         assert_eq!(sink.calls, 1);
@@ -358,14 +376,14 @@ mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         let mut rounds = 0;
-        while write_pending(&ring, &mut c, &mut sink).unwrap() == Wrote::More {
+        while write_pending(&ring, &mut c, &mut sink, None).unwrap() == Wrote::More {
             rounds += 1;
         }
         assert_eq!(sink.data, b"data: one\n\ndata: two\n\n");
         assert_eq!(rounds, 4);
         sink.room = None;
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink).unwrap(),
+            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
     }
@@ -383,7 +401,7 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink).unwrap(),
+            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
             Wrote::Lapped
         );
         assert_eq!(sink.calls, 0);

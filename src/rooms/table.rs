@@ -34,6 +34,26 @@ pub struct Room {
     /// First subscriber slot of this room's wake-up list, or [`NONE`].
     first: Cell<u32>,
     subscribers: Cell<usize>,
+    /// What the room told us about itself (disco#info), its subject and occupants.
+    pub info: RefCell<RoomInfo>,
+}
+
+/// Facts about a room for pages, metrics and access control; written by the XMPP side.
+#[derive(Debug, Default, Clone)]
+pub struct RoomInfo {
+    /// disco#info said `muc_public` (not hidden).
+    pub public: bool,
+    /// disco#info said `muc_membersonly`.
+    pub members_only: bool,
+    /// disco#info said `muc_passwordprotected`.
+    pub password: bool,
+    /// disco#info was answered (the flags above are known).
+    pub known: bool,
+    pub subject: String,
+    /// Other occupants present (our own occupant not counted), as seen from presence.
+    pub occupants: u32,
+    /// When the last message event was published.
+    pub last_message: Option<std::time::SystemTime>,
 }
 
 impl Room {
@@ -67,9 +87,35 @@ struct Subscribers {
 /// Counters read by logs, `/metrics` and tests.
 #[derive(Default)]
 pub struct Stats {
+    /// Events published into rings.
     pub events_in: Cell<u64>,
+    /// Events written out completely to subscribers (one per event per subscriber).
+    pub events_out: Cell<u64>,
+    /// Bytes written to subscribers (events, heartbeats, openings).
+    pub bytes_out: Cell<u64>,
+    /// Subscribers dropped for falling behind their room's ring.
     pub dropped_slow: Cell<u64>,
+    /// Streams refused because the subscriber table was full.
     pub rejected_full: Cell<u64>,
+    /// Requests refused as malformed (400) or too large (431).
+    pub rejected_bad_request: Cell<u64>,
+    /// Connections closed for not sending a request head in time (408).
+    pub rejected_timeout: Cell<u64>,
+    /// Connections refused because too many requests were pending.
+    pub rejected_pending: Cell<u64>,
+    /// Streams refused by access control (403).
+    pub rejected_forbidden: Cell<u64>,
+    /// Streams accepted since start.
+    pub streams_opened: Cell<u64>,
+    /// The component link is up (handshake done).
+    pub upstream_up: Cell<bool>,
+    /// Component link sessions started after the first.
+    pub reconnects: Cell<u64>,
+}
+
+/// Adds `n` to a counter.
+pub fn count(counter: &Cell<u64>, n: u64) {
+    counter.set(counter.get().wrapping_add(n));
 }
 
 pub struct RoomTable {
@@ -107,6 +153,7 @@ impl RoomTable {
                 state: Cell::new(JoinState::Joining),
                 first: Cell::new(NONE),
                 subscribers: Cell::new(0),
+                info: RefCell::new(RoomInfo::default()),
             })
             .collect();
         let slots = (0..max_subscribers)
@@ -175,6 +222,11 @@ impl RoomTable {
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         self.wake_room(room);
         seq
+    }
+
+    /// The table's counters, for the HTTP side.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The id this process gives event `seq` of a room whose MUC supplies no stanza-id.
@@ -326,10 +378,9 @@ impl Subscription<'_> {
         self.table.heartbeat()
     }
 
-    /// Counts this subscriber as dropped for being too slow.
-    pub fn count_dropped_slow(&self) {
-        let s = &self.table.stats.dropped_slow;
-        s.set(s.get() + 1);
+    /// The table's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.table.stats
     }
 }
 

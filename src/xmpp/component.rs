@@ -15,7 +15,7 @@ use super::muc::{self, MucEvent};
 use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
 use crate::rooms::feed::Feed;
-use crate::rooms::table::{JoinState, RoomTable};
+use crate::rooms::table::{JoinState, RoomTable, count};
 use crate::shutdown::Shutdown;
 
 const NS_COMPONENT: &str = "jabber:component:accept";
@@ -70,9 +70,15 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
             feed: Feed::default(),
         })
         .collect();
+    let mut sessions = 0u64;
     loop {
         let started = Instant::now();
+        if sessions > 0 {
+            count(&table.stats().reconnects, 1);
+        }
+        sessions += 1;
         let end = session(config, table, shutdown, &mut links).await;
+        table.stats().upstream_up.set(false);
         let reason = match &end {
             End::Shutdown => "the server is stopping or restarting".to_string(),
             End::AuthRejected(_) => "the XMPP server rejected this service".to_string(),
@@ -336,6 +342,7 @@ async fn session(
         config.upstream,
         config.component
     );
+    table.stats().upstream_up.set(true);
     crate::notify::ready();
     crate::notify::status(&format!(
         "connected to {} as {}; joining {} rooms",
@@ -657,9 +664,19 @@ async fn handle_iq(
                 let features = iq
                     .child("query", NS_DISCO_INFO)
                     .map_or(&[][..], |q| &q.children[..]);
-                links[index].feed.stanza_ids = features
-                    .iter()
-                    .any(|f| f.name == "feature" && f.attr("var") == Some(muc::NS_SID));
+                let has = |var: &str| {
+                    features
+                        .iter()
+                        .any(|f| f.name == "feature" && f.attr("var") == Some(var))
+                };
+                links[index].feed.stanza_ids = has(muc::NS_SID);
+                {
+                    let mut info = room.info.borrow_mut();
+                    info.known = true;
+                    info.public = has("muc_public");
+                    info.members_only = has("muc_membersonly");
+                    info.password = has("muc_passwordprotected");
+                }
                 join(config, table, up, &mut links[index], index).await?;
                 return Ok(());
             }
