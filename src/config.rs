@@ -66,6 +66,8 @@ pub struct Config {
     pub retry_ms: usize,
     /// Interval of the keep-alive comment on idle streams (`None` = off).
     pub heartbeat: Option<Duration>,
+    /// Event kinds every stream gets on top of the default ones (`events = join, leave`).
+    pub events: u8,
 }
 
 /// A configuration error, pointing at the place to fix.
@@ -190,6 +192,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "heartbeat_secs",
         Some("20"),
         "keep-alive comment on idle streams, 0 = none",
+    ),
+    (
+        "events",
+        Some(""),
+        "extra event kinds for every stream: join, leave",
     ),
 ];
 
@@ -418,6 +425,21 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         ));
     }
     let heartbeat = number("heartbeat_secs", 0, 3600)?;
+    let (events_text, events_line) = get("events")?;
+    let mut events = 0u8;
+    for name in events_text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        events |= crate::rooms::ring::kind::from_name(name).ok_or_else(|| {
+            fail(
+                "events",
+                events_line,
+                format!("unknown event kind `{name}`; expected join, leave (message, subject, status, correction, retraction are always sent)"),
+            )
+        })?;
+    }
     Ok(Config {
         component,
         secret,
@@ -442,6 +464,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         history,
         retry_ms: number("retry_ms", 0, 3_600_000)?,
         heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
+        events,
     })
 }
 
@@ -571,6 +594,15 @@ impl Config {
         );
         line("history", self.history.to_string());
         line("retry_ms", self.retry_ms.to_string());
+        let extra: Vec<&str> = [
+            ("join", crate::rooms::ring::kind::JOIN),
+            ("leave", crate::rooms::ring::kind::LEAVE),
+        ]
+        .iter()
+        .filter(|(_, bit)| self.events & bit != 0)
+        .map(|(name, _)| *name)
+        .collect();
+        line("events", extra.join(", "));
         line(
             "heartbeat_secs",
             self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),

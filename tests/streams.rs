@@ -257,3 +257,66 @@ fn a_destroyed_room_ends_its_streams_and_answers_204() {
     owner.send_groupchat("news", "still here");
     assert_eq!(bodies(&messages(&mut news, 1)), vec!["still here"]);
 }
+
+#[test]
+fn join_leave_on_request_corrections_and_retractions() {
+    let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
+    let mut plain = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    let mut all = SseClient::connect(daemon.http, "/eventsource/lobby?events=join,leave", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    prosody.register("bob", "pw");
+    let mut bob = XmppClient::connect(&prosody, "bob", "pw");
+    bob.join("lobby", "bob");
+    let room = alice.room_jid("lobby");
+    alice.send_raw(&format!(
+        "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
+    ));
+    let echoed = alice.wait_for("helo", T);
+    let stanza_id = echoed
+        .split("<stanza-id")
+        .nth(1)
+        .and_then(|s| s.split("id='").nth(1))
+        .and_then(|s| s.split('\'').next())
+        .unwrap()
+        .to_string();
+    alice.send_raw(&format!(
+        "<message to='{room}' type='groupchat' id='orig-2'><body>hello</body><replace xmlns='urn:xmpp:message-correct:0' id='orig-1'/></message>"
+    ));
+    alice.send_raw(&format!(
+        "<message to='{room}' type='groupchat' id='r1'><retract xmlns='urn:xmpp:message-retract:1' id='{stanza_id}'/><body>/me retracted a message</body><fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:message-retract:1'/></message>"
+    ));
+    alice.wait_for("urn:xmpp:message-retract:1", T);
+    bob.leave("lobby");
+
+    let types = |events: &[SseEvent]| -> Vec<String> {
+        events.iter().map(|e| e.event_type.clone()).collect()
+    };
+    let events = all.collect(5, T);
+    assert_eq!(
+        types(&events),
+        vec!["join", "message", "correction", "retraction", "leave"],
+        "{events:?}"
+    );
+    assert_eq!(field(&events[0], "nick").as_deref(), Some("bob"));
+    assert_eq!(events[1].last_event_id, stanza_id);
+    assert_eq!(field(&events[2], "id").as_deref(), Some(stanza_id.as_str()));
+    assert_eq!(field(&events[2], "body").as_deref(), Some("hello"));
+    assert_eq!(field(&events[3], "id").as_deref(), Some(stanza_id.as_str()));
+    assert_eq!(field(&events[4], "nick").as_deref(), Some("bob"));
+    // Without ?events=, no join/leave; the retraction's fallback body is not a message.
+    let events = plain.collect(3, T);
+    assert_eq!(types(&events), vec!["message", "correction", "retraction"]);
+    assert!(plain.next_event(Duration::from_millis(300)).is_none());
+    // A retracted message is not replayed to new subscribers.
+    let mut late = SseClient::connect(daemon.http, "/eventsource/lobby?history=10", &[]);
+    let events = late.collect(3, T);
+    assert_eq!(
+        types(&events),
+        vec!["status", "correction", "retraction"],
+        "{events:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Routing: which answer a parsed request gets. Pure: no I/O, so every answer is unit-tested.
 
 use super::request::{Head, Method, Reject, percent_decode, query_values};
+use crate::rooms::ring::kind;
 use crate::rooms::table::{JoinState, RoomTable};
 
 /// Headers every event stream carries: what `mod_muc_eventsource` sends, plus `Cache-Control`.
@@ -26,8 +27,8 @@ pub enum Start {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Send [`STREAM_HEAD`] and stream this room's events.
-    Stream { room: usize, start: Start },
+    /// Send [`STREAM_HEAD`] and stream this room's events of the kinds in `mask`.
+    Stream { room: usize, start: Start, mask: u8 },
     /// Send this complete response and close.
     Reply(Reply),
 }
@@ -179,7 +180,19 @@ pub fn route(head: &Head, table: &RoomTable) -> Route {
     Route::Stream {
         room,
         start: start(head),
+        mask: mask(head, kind::DEFAULT),
     }
+}
+
+/// The event kinds a stream gets: `base` plus those named in `?events=join,leave`.
+fn mask(head: &Head, base: u8) -> u8 {
+    query_values(&head.query, "events")
+        .flat_map(|list| {
+            list.split(',')
+                .filter_map(|name| kind::from_name(name.trim()))
+                .collect::<Vec<_>>()
+        })
+        .fold(base, |m, k| m | k)
 }
 
 fn start(head: &Head) -> Start {
@@ -229,21 +242,24 @@ mod tests {
             answer("GET /eventsource/lobby HTTP/1.1\r\n\r\n"),
             Route::Stream {
                 room: 0,
-                start: Start::Live
+                start: Start::Live,
+                mask: kind::DEFAULT
             }
         );
         assert_eq!(
             answer("GET /eventsource/caf%C3%A9?x HTTP/1.1\r\n\r\n"),
             Route::Stream {
                 room: 1,
-                start: Start::Live
+                start: Start::Live,
+                mask: kind::DEFAULT
             }
         );
         assert_eq!(
             answer("GET /eventsource/LOBBY HTTP/1.0\r\n\r\n"),
             Route::Stream {
                 room: 0,
-                start: Start::Live
+                start: Start::Live,
+                mask: kind::DEFAULT
             }
         );
         assert_eq!(status("GET /eventsource/nope HTTP/1.1\r\n\r\n"), 404);

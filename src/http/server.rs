@@ -146,7 +146,7 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             );
             send(&socket, &reply.to_bytes()).await;
         }
-        Route::Stream { room, start } => {
+        Route::Stream { room, start, mask } => {
             let Some(sub) = server.table.subscribe(room) else {
                 log::warn!(
                     "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
@@ -165,7 +165,8 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             );
             let (opening, first) =
                 sse::opening(routes::STREAM_HEAD, config.retry_ms, &room.ring(), &start);
-            let ended = sse::stream(&sub, &socket, opening, first).await;
+            let mask = mask | server.config.events;
+            let ended = sse::stream(&sub, &socket, opening, first, mask).await;
             match ended {
                 sse::Ended::Lapped => log::debug!(
                     "{peer}: dropped from {}: fell more than the ring behind ({} dropped so far)",

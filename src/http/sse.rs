@@ -16,6 +16,8 @@ use futures_lite::AsyncWriteExt;
 use super::routes::Start;
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
+#[cfg(test)]
+use crate::rooms::ring::kind;
 use crate::rooms::table::{JoinState, RoomTable, Stats, Subscription, count};
 
 /// Frames gathered into one vectored write at most.
@@ -53,11 +55,13 @@ pub enum Wrote {
     Lapped,
 }
 
-/// Writes as many pending frames as the socket takes, in one vectored write.
-/// Counts events and bytes in `stats` when given.
+/// Writes as many pending frames as the socket takes, in one vectored write. Events whose
+/// kind is not in `mask`, or that were retracted before being started, are skipped. Counts
+/// events and bytes in `stats` when given.
 pub fn write_pending<W: Write>(
     ring: &Ring,
     cursor: &mut Cursor,
+    mask: u8,
     mut out: W,
     stats: Option<&Stats>,
 ) -> io::Result<Wrote> {
@@ -65,15 +69,24 @@ pub fn write_pending<W: Write>(
         return Ok(Wrote::Lapped);
     }
     let mut slices: heapless::Vec<IoSlice<'_>, BATCH> = heapless::Vec::new();
+    let mut seqs: heapless::Vec<u64, BATCH> = heapless::Vec::new();
     let mut seq = cursor.seq;
-    while let Some(frame) = ring.get(seq) {
-        let part = if seq == cursor.seq {
-            &frame[cursor.offset..]
-        } else {
-            &frame[..]
-        };
-        if slices.push(IoSlice::new(part)).is_err() {
-            break;
+    while let Some(entry) = ring.entry(seq) {
+        // A frame already started is finished whatever happened to it since.
+        let started = seq == cursor.seq && cursor.offset > 0;
+        if started || entry.wanted(mask) {
+            let part = if started {
+                &entry.frame[cursor.offset..]
+            } else {
+                &entry.frame[..]
+            };
+            if slices.push(IoSlice::new(part)).is_err() {
+                break;
+            }
+            let _ = seqs.push(seq);
+        } else if slices.is_empty() {
+            // Nothing gathered yet: skipping moves the cursor itself.
+            cursor.seq = seq + 1;
         }
         seq += 1;
     }
@@ -84,26 +97,25 @@ pub fn write_pending<W: Write>(
     if written == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
-    let (bytes, events_before) = (written as u64, cursor.seq);
-    while written > 0 {
-        let frame = ring
-            .get(cursor.seq)
-            .expect("written bytes belong to held frames");
-        let rest = frame.len() - cursor.offset;
-        if written >= rest {
-            written -= rest;
-            cursor.seq += 1;
+    let total = written as u64;
+    let mut finished = 0u64;
+    for (slice, &seq) in slices.iter().zip(seqs.iter()) {
+        if written >= slice.len() {
+            written -= slice.len();
+            cursor.seq = seq + 1;
             cursor.offset = 0;
+            finished += 1;
         } else {
-            cursor.offset += written;
-            written = 0;
+            cursor.seq = seq;
+            cursor.offset = ring.entry(seq).map_or(0, |e| e.frame.len() - slice.len()) + written;
+            break;
         }
     }
     if let Some(stats) = stats {
-        count(&stats.bytes_out, bytes);
-        count(&stats.events_out, cursor.seq - events_before);
+        count(&stats.bytes_out, total);
+        count(&stats.events_out, finished);
     }
-    Ok(if cursor.seq == ring.head() {
+    Ok(if cursor.seq >= ring.head() && cursor.offset == 0 {
         Wrote::CaughtUp
     } else {
         Wrote::More
@@ -156,6 +168,7 @@ pub async fn stream(
     socket: &Async<TcpStream>,
     opening: Vec<u8>,
     first: u64,
+    mask: u8,
 ) -> Ended {
     let mut writer = socket;
     if let Err(e) = writer.write_all(&opening).await {
@@ -174,6 +187,7 @@ pub async fn stream(
         let wrote = write_pending(
             &sub.room().ring(),
             &mut cursor,
+            mask,
             socket.get_ref(),
             Some(sub.stats()),
         );
@@ -308,11 +322,7 @@ mod tests {
     }
 
     fn entry(text: &str, id: String) -> crate::rooms::ring::Entry {
-        crate::rooms::ring::Entry {
-            frame: Rc::from(text.as_bytes()),
-            id: id.into(),
-            key: 0,
-        }
+        crate::rooms::ring::Entry::new(Rc::from(text.as_bytes()), id, kind::MESSAGE)
     }
 
     fn ring_with(frames: &[&str]) -> Ring {
@@ -358,7 +368,7 @@ mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
         assert_eq!(sink.calls, 1);
@@ -376,14 +386,14 @@ mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         let mut rounds = 0;
-        while write_pending(&ring, &mut c, &mut sink, None).unwrap() == Wrote::More {
+        while write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap() == Wrote::More {
             rounds += 1;
         }
         assert_eq!(sink.data, b"data: one\n\ndata: two\n\n");
         assert_eq!(rounds, 4);
         sink.room = None;
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
     }
@@ -401,7 +411,7 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            write_pending(&ring, &mut c, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::Lapped
         );
         assert_eq!(sink.calls, 0);

@@ -15,7 +15,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::frame::{self, Json};
-use super::ring::Entry;
+use super::ring::{Entry, kind};
 use super::table::RoomTable;
 
 /// Per-room publishing state; lives as long as the process (across upstream reconnects).
@@ -48,15 +48,14 @@ impl Feed {
 
     /// A groupchat message with a body; `delay` is set for history. Returns the sequence
     /// number if it was published, `None` if it was a duplicate.
-    pub fn message(
-        &mut self,
-        table: &RoomTable,
-        room: usize,
-        nick: Option<&str>,
-        body: &str,
-        stanza_id: Option<&str>,
-        delay: Option<&str>,
-    ) -> Option<u64> {
+    pub fn message(&mut self, table: &RoomTable, room: usize, m: &Message<'_>) -> Option<u64> {
+        let Message {
+            nick,
+            body,
+            stanza_id,
+            delay,
+            origin_id,
+        } = *m;
         let key = message_key(nick, body);
         let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
         if let Some(stamp) = delay {
@@ -78,13 +77,13 @@ impl Feed {
         } else {
             self.last_live = Some(utc_stamp(SystemTime::now()));
         }
+        table.room(room).info.borrow_mut().last_message = Some(SystemTime::now());
         let seq = table.publish(room, |seq| {
             let id = room_id.map_or_else(|| table.mint_id(seq), str::to_string);
-            Entry {
-                frame: frame::message(&id, nick, body),
-                id: id.into(),
-                key,
-            }
+            let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
+            entry.key = key;
+            entry.origin = origin_id.map(|o| (o.into(), nick.unwrap_or("").into()));
+            entry
         });
         if delay.is_some() {
             self.history_from = seq + 1;
@@ -107,11 +106,12 @@ impl Feed {
             return None;
         }
         self.last_subject = Some(subject.to_string());
+        table.room(room).info.borrow_mut().subject = subject.to_string();
         let json = Json::new()
             .str("subject", subject)
             .opt("nick", nick)
             .finish();
-        Some(publish_typed(table, room, "subject", &json))
+        Some(publish_typed(table, room, kind::SUBJECT, "subject", &json))
     }
 
     /// Our standing with the room changed: an `event: status` when it differs from the last.
@@ -130,7 +130,81 @@ impl Feed {
             .str("status", status)
             .opt("reason", reason)
             .finish();
-        Some(publish_typed(table, room, "status", &json))
+        Some(publish_typed(table, room, kind::STATUS, "status", &json))
+    }
+
+    /// XEP-0308: `nick` replaced its message whose stanza `id` was `replaces` with `body`.
+    /// The event names the original event's id when the ring still holds that message.
+    pub fn correction(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        nick: Option<&str>,
+        body: &str,
+        replaces: &str,
+    ) -> u64 {
+        let original = {
+            let ring = table.room(room).ring();
+            (ring.oldest()..ring.head()).rev().find_map(|seq| {
+                let e = ring.entry(seq)?;
+                let (origin, by) = e.origin.as_ref()?;
+                (&**origin == replaces && Some(&**by) == nick).then(|| e.id.clone())
+            })
+        };
+        let json = Json::new()
+            .opt("id", original.as_deref())
+            .str("replaces", replaces)
+            .opt("nick", nick)
+            .str("body", body)
+            .finish();
+        publish_typed(table, room, kind::CORRECTION, "correction", &json)
+    }
+
+    /// XEP-0424/0425: the message whose event id (the room's stanza-id) is `target` was
+    /// retracted by its author `nick`, or moderated by the room (`moderated`). The original is
+    /// no longer sent to anyone who has not had it. Returns `None` when the ring does not hold
+    /// that message or the retraction is not legitimate (another occupant's message).
+    pub fn retraction(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        target: &str,
+        nick: Option<&str>,
+        moderated: bool,
+        reason: Option<&str>,
+    ) -> Option<u64> {
+        {
+            let ring = table.room(room).ring();
+            let seq = ring.find_id(target)?;
+            let entry = ring.entry(seq)?;
+            let author = entry.origin.as_ref().map(|(_, by)| &**by);
+            if entry.kind != kind::MESSAGE || (!moderated && author != nick) {
+                return None;
+            }
+            entry.retracted.set(true);
+        }
+        let json = Json::new()
+            .str("id", target)
+            .bool("moderated", moderated)
+            .opt("reason", reason)
+            .finish();
+        Some(publish_typed(
+            table,
+            room,
+            kind::RETRACTION,
+            "retraction",
+            &json,
+        ))
+    }
+
+    /// Another occupant joined (`joined`) or left the room.
+    pub fn occupant(&mut self, table: &RoomTable, room: usize, nick: &str, joined: bool) -> u64 {
+        let json = Json::new().str("nick", nick).finish();
+        if joined {
+            publish_typed(table, room, kind::JOIN, "join", &json)
+        } else {
+            publish_typed(table, room, kind::LEAVE, "leave", &json)
+        }
     }
 
     pub fn last_status(&self) -> Option<&'static str> {
@@ -138,15 +212,24 @@ impl Feed {
     }
 }
 
-fn publish_typed(table: &RoomTable, room: usize, event_type: &str, json: &[u8]) -> u64 {
+fn publish_typed(table: &RoomTable, room: usize, kind: u8, event_type: &str, json: &[u8]) -> u64 {
     table.publish(room, |seq| {
         let id = table.mint_id(seq);
-        Entry {
-            frame: frame::event(Some(event_type), &id, json),
-            id: id.into(),
-            key: 0,
-        }
+        Entry::new(frame::event(Some(event_type), &id, json), id, kind)
     })
+}
+
+/// A groupchat message with a body, as the feed needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Message<'a> {
+    pub nick: Option<&'a str>,
+    pub body: &'a str,
+    /// XEP-0359 stanza-id by the room.
+    pub stanza_id: Option<&'a str>,
+    /// XEP-0203 delay stamp (history).
+    pub delay: Option<&'a str>,
+    /// The stanza's own `id` attribute (what a XEP-0308 correction refers to).
+    pub origin_id: Option<&'a str>,
 }
 
 /// The `YYYY-MM-DDTHH:MM:SS` part of an XEP-0082 UTC stamp (`…Z`, fractions allowed).
@@ -184,6 +267,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn msg<'a>(
+        nick: &'a str,
+        body: &'a str,
+        stanza_id: Option<&'a str>,
+        delay: Option<&'a str>,
+    ) -> Message<'a> {
+        Message {
+            nick: Some(nick),
+            body,
+            stanza_id,
+            delay,
+            origin_id: Some(body),
+        }
+    }
+
     fn table() -> RoomTable {
         let mut t = RoomTable::new(1, 16, 1 << 16, 4);
         t.add("lobby", "c");
@@ -218,11 +316,11 @@ mod tests {
         f.joining(&t, 0);
         // First join: history seeds the ring.
         let old = Some("2000-01-01T00:00:00Z");
-        assert!(f.message(&t, 0, Some("a"), "h1", None, old).is_some());
-        assert!(f.message(&t, 0, Some("a"), "h2", None, old).is_some());
+        assert!(f.message(&t, 0, &msg("a", "h1", None, old)).is_some());
+        assert!(f.message(&t, 0, &msg("a", "h2", None, old)).is_some());
         // Live.
-        f.message(&t, 0, Some("b"), "live1", None, None).unwrap();
-        f.message(&t, 0, Some("b"), "ok", None, None).unwrap();
+        f.message(&t, 0, &msg("b", "live1", None, None)).unwrap();
+        f.message(&t, 0, &msg("b", "ok", None, None)).unwrap();
         // Re-join: the room replays h2, live1, ok (seen) and ok, missed (sent while away),
         // stamped now or later.
         f.joining(&t, 0);
@@ -233,7 +331,7 @@ mod tests {
             .iter()
             .zip(nicks)
             .map(|(body, nick)| {
-                f.message(&t, 0, Some(nick), body, None, Some(&now))
+                f.message(&t, 0, &msg(nick, body, None, Some(&now)))
                     .is_some()
             })
             .collect();
@@ -247,28 +345,55 @@ mod tests {
     fn stanza_ids_are_used_when_the_room_announces_them() {
         let t = table();
         let mut f = Feed::default();
-        f.message(&t, 0, Some("a"), "x", Some("sid-1"), None);
+        f.message(&t, 0, &msg("a", "x", Some("sid-1"), None));
         assert!(bodies(&t)[0].starts_with("id: "), "minted");
         assert!(!bodies(&t)[0].contains("sid-1"));
         f.stanza_ids = true;
-        f.message(&t, 0, Some("a"), "y", Some("sid-2"), None);
+        f.message(&t, 0, &msg("a", "y", Some("sid-2"), None));
         assert!(bodies(&t)[1].starts_with("id: sid-2\n"));
         // The same message replayed as history is recognised by its id.
         f.joining(&t, 0);
-        assert!(
-            f.message(
-                &t,
-                0,
-                Some("a"),
-                "y",
-                Some("sid-2"),
-                Some("2999-01-01T00:00:00Z")
-            )
-            .is_none()
-        );
+        let replay = msg("a", "y", Some("sid-2"), Some("2999-01-01T00:00:00Z"));
+        assert!(f.message(&t, 0, &replay).is_none());
         // An id that would break the stream is not used.
-        f.message(&t, 0, Some("a"), "z", Some("bad\nid"), None);
+        f.message(&t, 0, &msg("a", "z", Some("bad\nid"), None));
         assert!(!bodies(&t)[2].contains("bad"));
+    }
+
+    #[test]
+    fn corrections_and_retractions() {
+        let t = table();
+        let mut f = Feed {
+            stanza_ids: true,
+            ..Feed::default()
+        };
+        f.message(&t, 0, &msg("a", "tpyo", Some("s1"), None));
+        f.correction(&t, 0, Some("a"), "typo", "tpyo");
+        // Only the author may retract; the room may moderate.
+        assert!(f.retraction(&t, 0, "s1", Some("b"), false, None).is_none());
+        assert!(
+            f.retraction(&t, 0, "nope", Some("a"), false, None)
+                .is_none()
+        );
+        assert!(f.retraction(&t, 0, "s1", Some("a"), false, None).is_some());
+        let all = bodies(&t);
+        assert!(all[1].starts_with("event: correction\n"), "{}", all[1]);
+        assert!(
+            all[1]
+                .contains("{\"id\":\"s1\",\"replaces\":\"tpyo\",\"nick\":\"a\",\"body\":\"typo\"}")
+        );
+        assert!(
+            all[2].contains("{\"id\":\"s1\",\"moderated\":false}"),
+            "{}",
+            all[2]
+        );
+        assert!(t.room(0).ring().entry(0).unwrap().retracted.get());
+        // A moderation by the room of another message.
+        f.message(&t, 0, &msg("b", "spam", Some("s2"), None));
+        assert!(
+            f.retraction(&t, 0, "s2", None, true, Some("spam"))
+                .is_some()
+        );
     }
 
     #[test]

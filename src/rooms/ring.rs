@@ -5,7 +5,35 @@
 //! room's memory has a ceiling. A subscriber is a sequence number into this ring; one whose next
 //! event has been evicted has fallen behind and is dropped by its writer.
 
+use std::cell::Cell;
 use std::rc::Rc;
+
+/// Event kinds, as bits: a subscriber's filter is a set of them.
+pub mod kind {
+    pub const MESSAGE: u8 = 1;
+    pub const SUBJECT: u8 = 2;
+    pub const STATUS: u8 = 4;
+    pub const JOIN: u8 = 8;
+    pub const LEAVE: u8 = 16;
+    pub const CORRECTION: u8 = 32;
+    pub const RETRACTION: u8 = 64;
+    /// What every stream gets unless it asks for more (join/leave are opt-in).
+    pub const DEFAULT: u8 = MESSAGE | SUBJECT | STATUS | CORRECTION | RETRACTION;
+
+    /// The bit for an `events=` / config name.
+    pub fn from_name(name: &str) -> Option<u8> {
+        Some(match name {
+            "message" => MESSAGE,
+            "subject" => SUBJECT,
+            "status" => STATUS,
+            "join" => JOIN,
+            "leave" => LEAVE,
+            "correction" => CORRECTION,
+            "retraction" => RETRACTION,
+            _ => return None,
+        })
+    }
+}
 
 /// One event held by the ring.
 #[derive(Clone, Debug)]
@@ -14,8 +42,32 @@ pub struct Entry {
     pub frame: Rc<[u8]>,
     /// The event's `id:` (what a client sends back as `Last-Event-ID`).
     pub id: Box<str>,
+    /// One of the [`kind`] bits.
+    pub kind: u8,
     /// Identity of a message for history de-duplication (0 for other events).
     pub key: u64,
+    /// A message's own stanza `id` attribute and its nick, to find it for a correction.
+    pub origin: Option<(Box<str>, Box<str>)>,
+    /// Retracted or moderated: no longer sent to anyone who has not had it yet.
+    pub retracted: Cell<bool>,
+}
+
+impl Entry {
+    pub fn new(frame: Rc<[u8]>, id: impl Into<Box<str>>, kind: u8) -> Entry {
+        Entry {
+            frame,
+            id: id.into(),
+            kind,
+            key: 0,
+            origin: None,
+            retracted: Cell::new(false),
+        }
+    }
+
+    /// Whether a subscriber with filter `mask` is to be sent this event.
+    pub fn wanted(&self, mask: u8) -> bool {
+        self.kind & mask != 0 && !self.retracted.get()
+    }
 }
 
 pub struct Ring {
@@ -117,11 +169,7 @@ mod tests {
     use super::*;
 
     fn frame(n: usize) -> Entry {
-        Entry {
-            frame: vec![b'x'; n].into(),
-            id: format!("id{n}").into(),
-            key: 0,
-        }
+        Entry::new(vec![b'x'; n].into(), format!("id{n}"), kind::MESSAGE)
     }
 
     #[test]

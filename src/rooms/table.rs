@@ -433,10 +433,12 @@ mod tests {
         sa.register(&Waker::from(a.clone()));
         sb.register(&Waker::from(b.clone()));
         for n in 1..=2 {
-            t.publish(0, |seq| Entry {
-                frame: format!("data: {n}\n\n").into_bytes().into(),
-                id: t.mint_id(seq).into(),
-                key: 0,
+            t.publish(0, |seq| {
+                Entry::new(
+                    format!("data: {n}\n\n").into_bytes().into(),
+                    t.mint_id(seq),
+                    crate::rooms::ring::kind::MESSAGE,
+                )
             });
         }
         assert_eq!(t.room(0).ring().find_id(&t.mint_id(1)), Some(1));

@@ -4,6 +4,7 @@
 //!
 //! This task is the only writer of the upstream socket and the only publisher into the rooms.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
 use super::muc::{self, MucEvent};
 use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
-use crate::rooms::feed::Feed;
+use crate::rooms::feed::{Feed, Message};
 use crate::rooms::table::{JoinState, RoomTable, count};
 use crate::shutdown::Shutdown;
 
@@ -68,6 +69,7 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
             phase: Phase::Checking,
             retry_at: None,
             feed: Feed::default(),
+            occupants: HashSet::new(),
         })
         .collect();
     let mut sessions = 0u64;
@@ -95,6 +97,7 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
                     table.set_state(index, JoinState::Joining);
                 }
                 link.phase = Phase::Checking;
+                link.occupants.clear();
                 link.feed.status(table, index, status, Some(&reason));
             }
         }
@@ -161,7 +164,14 @@ struct RoomLink {
     phase: Phase,
     retry_at: Option<Instant>,
     feed: Feed,
+    /// Nicks of the other occupants, as seen from presence (at most
+    /// [`MAX_OCCUPANTS_TRACKED`]).
+    occupants: HashSet<String>,
 }
+
+/// Occupants tracked per room for join/leave events and counts; beyond, arrivals are not
+/// reported (memory stays bounded in very large rooms).
+const MAX_OCCUPANTS_TRACKED: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -516,12 +526,61 @@ async fn handle(
             body,
             stanza_id,
             delay,
+            origin_id,
+            replaces,
         } => {
             if let Some(index) = room_of(room) {
+                let feed = &mut links[index].feed;
+                let seq = match replaces {
+                    Some(replaces) => Some(feed.correction(table, index, nick, body, replaces)),
+                    None => feed.message(
+                        table,
+                        index,
+                        &Message {
+                            nick,
+                            body,
+                            stanza_id,
+                            delay,
+                            origin_id,
+                        },
+                    ),
+                };
+                log::trace!("room {room}: message from {nick:?} -> event {seq:?}");
+            }
+        }
+        MucEvent::Retract {
+            room,
+            nick,
+            target,
+            moderated,
+            reason,
+        } => {
+            // A moderation is legitimate only from the room itself (XEP-0425).
+            if let Some(index) = room_of(room).filter(|_| !moderated || nick.is_none()) {
                 let seq = links[index]
                     .feed
-                    .message(table, index, nick, body, stanza_id, delay);
-                log::trace!("room {room}: message from {nick:?} -> event {seq:?}");
+                    .retraction(table, index, target, nick, moderated, reason);
+                log::debug!("room {room}: retraction of {target} by {nick:?} -> event {seq:?}");
+            }
+        }
+        MucEvent::Occupant {
+            room,
+            nick,
+            available,
+        } => {
+            if let Some(index) = room_of(room) {
+                let link = &mut links[index];
+                let changed = if available {
+                    link.occupants.len() < MAX_OCCUPANTS_TRACKED
+                        && link.occupants.insert(nick.to_string())
+                } else {
+                    link.occupants.remove(nick)
+                };
+                table.room(index).info.borrow_mut().occupants = link.occupants.len() as u32;
+                // The presences sent while we join are the room's state, not arrivals.
+                if changed && link.phase == Phase::Joined {
+                    link.feed.occupant(table, index, nick, available);
+                }
             }
         }
         MucEvent::Subject {

@@ -10,6 +10,12 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
+pub const NS_RETRACT_1: &str = "urn:xmpp:message-retract:1";
+pub const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
+pub const NS_MODERATE_1: &str = "urn:xmpp:message-moderate:1";
+pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
+pub const NS_FASTEN: &str = "urn:xmpp:fasten:0";
 
 /// Join presence: available, to `room/nick`, with the MUC `<x/>` asking for `history` messages
 /// of history (0 = none).
@@ -44,6 +50,25 @@ pub enum MucEvent<'a> {
         stanza_id: Option<&'a str>,
         /// XEP-0203 delay stamp: set for history replayed on join, `None` for live messages.
         delay: Option<&'a str>,
+        /// The stanza's own `id` attribute.
+        origin_id: Option<&'a str>,
+        /// XEP-0308: the `id` of the message this one corrects.
+        replaces: Option<&'a str>,
+    },
+    /// XEP-0424 retraction by the author, or XEP-0425 moderation by the room (`nick` is then
+    /// `None`), of the message whose stanza-id is `target`.
+    Retract {
+        room: &'a str,
+        nick: Option<&'a str>,
+        target: &'a str,
+        moderated: bool,
+        reason: Option<&'a str>,
+    },
+    /// Another occupant's presence: joined (or still there) when `available`, else left.
+    Occupant {
+        room: &'a str,
+        nick: &'a str,
+        available: bool,
     },
     /// A subject message (subject, no body): a change, or the current subject sent on join.
     Subject {
@@ -100,6 +125,9 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
                     .iter()
                     .find(|c| c.name == name && c.ns == stanza.ns)
             };
+            if let Some(retract) = retraction(stanza, room, nick) {
+                return retract;
+            }
             match (child("body"), child("subject")) {
                 (Some(body), _) => MucEvent::Message {
                     room,
@@ -116,6 +144,10 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
                     delay: stanza
                         .child("delay", NS_DELAY)
                         .and_then(|d| d.attr("stamp")),
+                    origin_id: stanza.attr("id"),
+                    replaces: stanza
+                        .child("replace", NS_CORRECT)
+                        .and_then(|r| r.attr("id")),
                 },
                 (None, Some(subject)) => MucEvent::Subject {
                     room,
@@ -140,7 +172,14 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
                 .collect();
             let is_self = codes.contains(&110) || (resource.is_some() && resource == our_nick);
             if !is_self {
-                return MucEvent::Ignored;
+                return match resource {
+                    Some(nick) if !nick.is_empty() => MucEvent::Occupant {
+                        room,
+                        nick,
+                        available: stanza.attr("type") != Some("unavailable"),
+                    },
+                    _ => MucEvent::Ignored,
+                };
             }
             if stanza.attr("type") == Some("unavailable") {
                 // A nick change (303) is not a removal: the new presence follows.
@@ -164,6 +203,53 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
         }
         _ => MucEvent::Ignored,
     }
+}
+
+/// A retraction or moderation in a groupchat message: XEP-0424 v1 `<retract id=…/>` (with
+/// `<moderated/>` inside for XEP-0425 v1), or the older fastening form Prosody 0.12's
+/// `mod_muc_moderation` sends (`<apply-to id=…><moderated><retract/></moderated></apply-to>`).
+fn retraction<'a>(
+    stanza: &'a Element,
+    room: &'a str,
+    nick: Option<&'a str>,
+) -> Option<MucEvent<'a>> {
+    let reason_of = |moderated: &'a Element| {
+        moderated
+            .children
+            .iter()
+            .find(|c| c.name == "reason")
+            .map(|r| r.text.as_str())
+    };
+    if let Some(retract) = stanza.child("retract", NS_RETRACT_1) {
+        let moderated = retract.child("moderated", NS_MODERATE_1);
+        return Some(MucEvent::Retract {
+            room,
+            nick,
+            target: retract.attr("id")?,
+            moderated: moderated.is_some(),
+            reason: moderated.and_then(reason_of),
+        });
+    }
+    let apply = stanza.child("apply-to", NS_FASTEN)?;
+    let target = apply.attr("id")?;
+    if let Some(moderated) = apply.child("moderated", NS_MODERATE_0) {
+        moderated.child("retract", NS_RETRACT_0)?;
+        return Some(MucEvent::Retract {
+            room,
+            nick,
+            target,
+            moderated: true,
+            reason: reason_of(moderated),
+        });
+    }
+    apply.child("retract", NS_RETRACT_0)?;
+    Some(MucEvent::Retract {
+        room,
+        nick,
+        target,
+        moderated: false,
+        reason: None,
+    })
 }
 
 fn join_error<'a>(stanza: &'a Element, room: &'a str) -> MucEvent<'a> {
@@ -238,7 +324,46 @@ mod tests {
                 nick: Some("alice"),
                 body: "hi",
                 stanza_id: Some("s1"),
-                delay: None
+                delay: None,
+                origin_id: None,
+                replaces: None
+            }
+        );
+        let e = el(
+            "<message type='groupchat' id='m2' from='lobby@c/alice'><body>fixed</body><replace xmlns='urn:xmpp:message-correct:0' id='m1'/></message>",
+        );
+        assert!(matches!(
+            classify(&e, NICK),
+            MucEvent::Message {
+                origin_id: Some("m2"),
+                replaces: Some("m1"),
+                ..
+            }
+        ));
+        let e = el(
+            "<message type='groupchat' from='lobby@c/alice'><retract xmlns='urn:xmpp:message-retract:1' id='s1'/><body>fallback</body></message>",
+        );
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Retract {
+                room: "lobby@c",
+                nick: Some("alice"),
+                target: "s1",
+                moderated: false,
+                reason: None
+            }
+        );
+        let e = el(
+            "<message type='groupchat' from='lobby@c'><apply-to xmlns='urn:xmpp:fasten:0' id='s9'><moderated xmlns='urn:xmpp:message-moderate:0' by='lobby@c/mod'><retract xmlns='urn:xmpp:message-retract:0'/><reason>spam</reason></moderated></apply-to><body>fallback</body></message>",
+        );
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Retract {
+                room: "lobby@c",
+                nick: None,
+                target: "s9",
+                moderated: true,
+                reason: Some("spam")
             }
         );
         let e = el("<message type='groupchat' from='lobby@c/alice'><subject>t</subject></message>");
@@ -293,7 +418,14 @@ mod tests {
         let e = el(
             "<presence from='lobby@c/bob'><x xmlns='http://jabber.org/protocol/muc#user'><item role='participant'/></x></presence>",
         );
-        assert_eq!(classify(&e, NICK), MucEvent::Ignored);
+        assert_eq!(
+            classify(&e, NICK),
+            MucEvent::Occupant {
+                room: "lobby@c",
+                nick: "bob",
+                available: true
+            }
+        );
         let e = el(
             "<presence type='error' from='lobby@c/eventsource'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>No such room</text></error></presence>",
         );
