@@ -68,6 +68,35 @@ pub struct Config {
     pub heartbeat: Option<Duration>,
     /// Event kinds every stream gets on top of the default ones (`events = join, leave`).
     pub events: u8,
+    /// A read token every stream needs (`?token=` or `Authorization: Bearer`), if set.
+    pub token: Option<String>,
+    /// Per-room read tokens (`token.<room> = …`), in place of the global one for that room.
+    pub room_tokens: Vec<(String, String)>,
+    /// Passwords of password-protected rooms (`password.<room> = …`), sent when joining.
+    pub room_passwords: Vec<(String, String)>,
+    /// Stream rooms that are hidden, members-only or password-protected even without a token.
+    pub private_rooms: bool,
+    /// Origins allowed to read streams from a page (CORS); `None` = any (`*`).
+    pub cors_origins: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The read token a room needs, if any: its own, else the global one.
+    pub fn token_for(&self, room: &str) -> Option<&str> {
+        self.room_tokens
+            .iter()
+            .find(|(r, _)| r == room)
+            .map(|(_, t)| t.as_str())
+            .or(self.token.as_deref())
+    }
+
+    /// The password to join a room with, if configured.
+    pub fn password_for(&self, room: &str) -> Option<&str> {
+        self.room_passwords
+            .iter()
+            .find(|(r, _)| r == room)
+            .map(|(_, p)| p.as_str())
+    }
 }
 
 /// A configuration error, pointing at the place to fix.
@@ -198,11 +227,28 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         Some(""),
         "extra event kinds for every stream: join, leave",
     ),
+    (
+        "token",
+        Some(""),
+        "read token every stream needs (token.<room> per room)",
+    ),
+    (
+        "private_rooms",
+        Some("deny"),
+        "hidden/members-only/password rooms: deny (403 without token) or allow",
+    ),
+    (
+        "cors_origins",
+        Some("*"),
+        "origins allowed to read streams: * or a comma-separated list",
+    ),
 ];
 
 /// Parses configuration text. `file` is only used in error messages.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut values: Vec<(&'static str, String, usize)> = Vec::new();
+    // `token.<room>` and `password.<room>`: (prefix, room, value, line).
+    let mut per_room: Vec<(&'static str, String, String, usize)> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let content = strip_comment(raw).trim();
@@ -222,6 +268,30 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         };
         let (key, value) = (key.trim(), value.trim());
+        if let Some((prefix, room)) = key.split_once('.') {
+            let prefix = match prefix {
+                "token" => "token",
+                "password" => "password",
+                _ => {
+                    return Err(err(
+                        key,
+                        "unknown key; per-room keys are token.<room> and password.<room>".into(),
+                    ));
+                }
+            };
+            if value.is_empty() {
+                return Err(err(key, "empty value".into()));
+            }
+            let room = room.to_lowercase();
+            if per_room
+                .iter()
+                .any(|(p, r, _, _)| *p == prefix && *r == room)
+            {
+                return Err(err(key, "given twice; keep one".into()));
+            }
+            per_room.push((prefix, room, value.to_string(), line));
+            continue;
+        }
         let Some(&(known, _, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
             return Err(err(
                 key,
@@ -233,7 +303,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         values.push((known, value.to_string(), line));
     }
-    build(file, &values)
+    let mut config = build(file, &values)?;
+    for (prefix, room, value, line) in per_room {
+        if !config.rooms.contains(&room) {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line,
+                key: format!("{prefix}.{room}"),
+                message: format!("`{room}` is not in `rooms`; add it there or remove this line"),
+            });
+        }
+        let list = if prefix == "token" {
+            &mut config.room_tokens
+        } else {
+            &mut config.room_passwords
+        };
+        list.push((room, value));
+    }
+    Ok(config)
 }
 
 /// Cuts a `#` comment: at the start of the line or after whitespace, so `secret = a#b` keeps its `#`.
@@ -465,6 +552,29 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         retry_ms: number("retry_ms", 0, 3_600_000)?,
         heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
         events,
+        token: Some(get("token")?.0).filter(|t| !t.is_empty()),
+        room_tokens: Vec::new(),
+        room_passwords: Vec::new(),
+        private_rooms: match get("private_rooms")? {
+            (v, _) if v == "deny" => false,
+            (v, _) if v == "allow" => true,
+            (v, line) => {
+                return Err(fail(
+                    "private_rooms",
+                    line,
+                    format!("expected deny or allow, found `{v}`"),
+                ));
+            }
+        },
+        cors_origins: match get("cors_origins")?.0.as_str() {
+            "*" | "" => None,
+            list => Some(
+                list.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            ),
+        },
     })
 }
 
@@ -604,6 +714,30 @@ impl Config {
         .collect();
         line("events", extra.join(", "));
         line(
+            "token",
+            if self.token.is_some() {
+                "<set, hidden>".into()
+            } else {
+                String::new()
+            },
+        );
+        for (room, _) in &self.room_tokens {
+            line(&format!("token.{room}"), "<set, hidden>".into());
+        }
+        for (room, _) in &self.room_passwords {
+            line(&format!("password.{room}"), "<set, hidden>".into());
+        }
+        line(
+            "private_rooms",
+            if self.private_rooms { "allow" } else { "deny" }.into(),
+        );
+        line(
+            "cors_origins",
+            self.cors_origins
+                .as_ref()
+                .map_or("*".into(), |o| o.join(", ")),
+        );
+        line(
             "heartbeat_secs",
             self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),
         );
@@ -669,6 +803,30 @@ mod tests {
             let text = MINIMAL.replace("lobby, news", bad);
             assert!(parse("t", &text).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn tokens_passwords_and_cors() {
+        let text = format!(
+            "{MINIMAL}token = global\ntoken.Lobby = t1\npassword.news = pw\ncors_origins = http://a, https://b/\n"
+        );
+        let c = parse("t", &text).unwrap();
+        assert_eq!(c.token_for("lobby"), Some("t1"));
+        assert_eq!(c.token_for("news"), Some("global"));
+        assert_eq!(c.password_for("news"), Some("pw"));
+        assert_eq!(
+            c.cors_origins,
+            Some(vec!["http://a".into(), "https://b".into()])
+        );
+        let d = c.describe();
+        assert!(
+            !d.contains("t1") && !d.contains("global") && !d.contains("= pw"),
+            "{d}"
+        );
+        let e = parse("t", &format!("{MINIMAL}token.other = x\n")).unwrap_err();
+        assert!(e.to_string().contains("not in `rooms`"), "{e}");
+        let e = parse("t", &format!("{MINIMAL}colour.lobby = x\n")).unwrap_err();
+        assert!(e.to_string().contains("per-room keys"), "{e}");
     }
 
     #[test]

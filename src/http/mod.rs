@@ -1,6 +1,10 @@
 //! The downstream side: a small, strict HTTP/1.1 GET server and the SSE writer that streams a
 //! room's frames to each subscriber.
 
+pub mod access;
+pub mod health;
+pub mod metrics;
+pub mod pages;
 pub mod request;
 pub mod routes;
 pub mod server;

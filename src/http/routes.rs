@@ -1,18 +1,26 @@
 //! Routing: which answer a parsed request gets. Pure: no I/O, so every answer is unit-tested.
 
+use super::access::{self, Access};
 use super::request::{Head, Method, Reject, percent_decode, query_values};
+use crate::config::Config;
+use crate::rooms::frame::Json;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, RoomTable};
+use crate::rooms::table::{JoinState, RoomTable, count};
 
-/// Headers every event stream carries: what `mod_muc_eventsource` sends, plus `Cache-Control`.
-pub const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\n\
+/// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
+/// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
+pub fn stream_head(cors: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n\
 Content-Type: text/event-stream\r\n\
 Cache-Control: no-cache\r\n\
-Access-Control-Allow-Origin: *\r\n\
+{cors}\
 Access-Control-Allow-Methods: GET\r\n\
 Access-Control-Max-Age: 7200\r\n\
 X-Accel-Buffering: no\r\n\
-Connection: close\r\n\r\n";
+Connection: close\r\n\r\n"
+    )
+}
 
 /// Where a new stream starts in its room's ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +35,13 @@ pub enum Start {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Send [`STREAM_HEAD`] and stream this room's events of the kinds in `mask`.
-    Stream { room: usize, start: Start, mask: u8 },
+    /// Send `head` (from [`stream_head`]) and stream this room's events of the kinds in `mask`.
+    Stream {
+        room: usize,
+        start: Start,
+        mask: u8,
+        head: String,
+    },
     /// Send this complete response and close.
     Reply(Reply),
 }
@@ -124,18 +137,40 @@ pub fn reject(why: Reject) -> Reply {
     }
 }
 
-pub fn route(head: &Head, table: &RoomTable) -> Route {
+/// A refusal a browser recovers from. An EventSource gives up for good on any status but
+/// 200, leaving a wall display frozen; so it gets a 200 event stream holding `retry:` and a
+/// `status` event, which ends at once: the browser reconnects after `retry`. Other clients
+/// get `503` with `Retry-After`.
+pub fn try_later(head: &Head, cors: &str, reason: &str, retry_secs: u32) -> Reply {
+    if !head.wants_event_stream {
+        return Reply::text(503, format!("{reason}; retry later\n"))
+            .header("Retry-After", &retry_secs.to_string());
+    }
+    let json = Json::new()
+        .str("status", "unavailable")
+        .str("reason", reason)
+        .finish();
+    let mut body = format!("retry: {}\n\nevent: status\ndata: ", retry_secs * 1000).into_bytes();
+    body.extend_from_slice(&json);
+    body.extend_from_slice(b"\n\n");
+    let mut reply =
+        Reply::with_type(200, "text/event-stream", body).header("Cache-Control", "no-cache");
+    reply.headers.push_str(cors);
+    reply
+}
+
+pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
+    let cors = access::cors(config, head.origin.as_deref());
     if head.method == Method::Options {
-        return Route::Reply(
-            Reply::text(204, "")
-                .header("Access-Control-Allow-Origin", "*")
-                .header("Access-Control-Allow-Methods", "GET")
-                .header(
-                    "Access-Control-Allow-Headers",
-                    "Last-Event-ID, Cache-Control, Authorization",
-                )
-                .header("Access-Control-Max-Age", "7200"),
-        );
+        let mut reply = Reply::text(204, "")
+            .header("Access-Control-Allow-Methods", "GET")
+            .header(
+                "Access-Control-Allow-Headers",
+                "Last-Event-ID, Cache-Control, Authorization",
+            )
+            .header("Access-Control-Max-Age", "7200");
+        reply.headers.push_str(&cors);
+        return Route::Reply(reply);
     }
     if head.method == Method::Other {
         return Route::Reply(
@@ -167,10 +202,21 @@ pub fn route(head: &Head, table: &RoomTable) -> Route {
             "bad request: broken percent-encoding in the room name\n",
         ));
     };
-    let Some(room) = table.find_node(&node) else {
+    let Some(index) = table.find_node(&node) else {
         return reply(Reply::text(404, "no such room is served here\n"));
     };
-    if let JoinState::Gone(why) = table.room(room).state() {
+    let room = table.room(index);
+    match access::check(config, room, head) {
+        Access::Allow => {}
+        Access::Forbidden(why) => {
+            count(&table.stats().rejected_forbidden, 1);
+            return reply(Reply::text(403, format!("{why}\n")));
+        }
+        Access::NotYetKnown => {
+            return reply(try_later(head, &cors, "the room is being joined", 5));
+        }
+    }
+    if let JoinState::Gone(why) = room.state() {
         // 204 tells an EventSource to stop reconnecting (HTML, server-sent events §9.2.1).
         return reply(Reply::text(204, format!("{why}\n")));
     }
@@ -178,9 +224,10 @@ pub fn route(head: &Head, table: &RoomTable) -> Route {
         return reply(Reply::text(200, ""));
     }
     Route::Stream {
-        room,
+        room: index,
         start: start(head),
-        mask: mask(head, kind::DEFAULT),
+        mask: mask(head, kind::DEFAULT | config.events),
+        head: stream_head(&cors),
     }
 }
 
@@ -222,11 +269,28 @@ mod tests {
         let mut t = RoomTable::new(2, 4, 4096, 4);
         t.add("lobby", "conference.localhost");
         t.add("café", "conference.localhost");
+        for room in t.rooms() {
+            let mut info = room.info.borrow_mut();
+            info.known = true;
+            info.public = true;
+        }
         t
     }
 
+    fn config() -> Config {
+        crate::config::parse(
+            "t",
+            "component = s.l\nsecret = x\nmuc = conference.localhost\nrooms = lobby, café\n",
+        )
+        .unwrap()
+    }
+
     fn answer(req: &str) -> Route {
-        route(&parse(req.as_bytes()).unwrap().unwrap(), &table())
+        route(
+            &parse(req.as_bytes()).unwrap().unwrap(),
+            &table(),
+            &config(),
+        )
     }
 
     fn status(req: &str) -> u16 {
@@ -243,7 +307,8 @@ mod tests {
             Route::Stream {
                 room: 0,
                 start: Start::Live,
-                mask: kind::DEFAULT
+                mask: kind::DEFAULT,
+                head: stream_head("Access-Control-Allow-Origin: *\r\n"),
             }
         );
         assert_eq!(
@@ -251,7 +316,8 @@ mod tests {
             Route::Stream {
                 room: 1,
                 start: Start::Live,
-                mask: kind::DEFAULT
+                mask: kind::DEFAULT,
+                head: stream_head("Access-Control-Allow-Origin: *\r\n"),
             }
         );
         assert_eq!(
@@ -259,7 +325,8 @@ mod tests {
             Route::Stream {
                 room: 0,
                 start: Start::Live,
-                mask: kind::DEFAULT
+                mask: kind::DEFAULT,
+                head: stream_head("Access-Control-Allow-Origin: *\r\n"),
             }
         );
         assert_eq!(status("GET /eventsource/nope HTTP/1.1\r\n\r\n"), 404);
@@ -308,9 +375,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(
-            route(&head, &t),
+            route(&head, &t, &config()),
             Route::Reply(Reply { status: 204, .. })
         ));
+    }
+
+    #[test]
+    fn browsers_get_a_refusal_they_recover_from() {
+        let t = table();
+        t.room(0).info.borrow_mut().known = false;
+        let sse = parse(b"GET /eventsource/lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let Route::Reply(r) = route(&sse, &t, &config()) else {
+            panic!("not a reply")
+        };
+        assert_eq!((r.status, r.content_type), (200, "text/event-stream"));
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.starts_with("retry: 5000\n\nevent: status\n"), "{body}");
+        let curl = parse(b"GET /eventsource/lobby HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let Route::Reply(r) = route(&curl, &t, &config()) else {
+            panic!("not a reply")
+        };
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains("Retry-After: 5\r\n"));
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
         }
         Err(Some(Err(_))) => return,
     };
-    match routes::route(&head, server.table) {
+    match routes::route(&head, server.table, config) {
         Route::Reply(reply) => {
             log::debug!(
                 "{peer}: {:?} {} -> {}",
@@ -146,7 +146,12 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             );
             send(&socket, &reply.to_bytes()).await;
         }
-        Route::Stream { room, start, mask } => {
+        Route::Stream {
+            room,
+            start,
+            mask,
+            head: stream_head,
+        } => {
             let Some(sub) = server.table.subscribe(room) else {
                 log::warn!(
                     "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
@@ -164,8 +169,7 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
                 room.subscribers()
             );
             let (opening, first) =
-                sse::opening(routes::STREAM_HEAD, config.retry_ms, &room.ring(), &start);
-            let mask = mask | server.config.events;
+                sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             let ended = sse::stream(&sub, &socket, opening, first, mask).await;
             match ended {
                 sse::Ended::Lapped => log::debug!(

@@ -488,6 +488,7 @@ async fn join(
         &table.room(index).jid,
         &link.nick,
         config.history,
+        config.password_for(&table.room(index).node),
     ))
     .await
 }

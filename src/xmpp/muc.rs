@@ -18,10 +18,19 @@ pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 pub const NS_FASTEN: &str = "urn:xmpp:fasten:0";
 
 /// Join presence: available, to `room/nick`, with the MUC `<x/>` asking for `history` messages
-/// of history (0 = none).
-pub fn join(from: &str, room_jid: &str, nick: &str, history: usize) -> String {
+/// of history (0 = none), and the room's password when it has one.
+pub fn join(
+    from: &str,
+    room_jid: &str,
+    nick: &str,
+    history: usize,
+    password: Option<&str>,
+) -> String {
+    let password = password
+        .map(|p| format!("<password>{}</password>", escape(p)))
+        .unwrap_or_default();
     format!(
-        "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='{history}'/></x></presence>",
+        "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='{history}'/>{password}</x></presence>",
         escape(from),
         escape(room_jid),
         escape(nick)
@@ -302,7 +311,14 @@ mod tests {
 
     #[test]
     fn join_stanza_escapes_and_carries_the_muc_x() {
-        let s = join("sse.localhost", "lobby@conference.localhost", "a'b<", 5);
+        let s = join(
+            "sse.localhost",
+            "lobby@conference.localhost",
+            "a'b<",
+            5,
+            Some("p&w"),
+        );
+        assert!(s.contains("<password>p&amp;w</password>"), "{s}");
         assert!(s.contains("maxstanzas='5'"), "{s}");
         assert!(
             s.contains("to='lobby@conference.localhost/a&apos;b&lt;'"),

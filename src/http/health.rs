@@ -1,0 +1,64 @@
+//! `GET /healthz`: `200 ok` when the component link is up and every room is joined, otherwise
+//! `503` with one line saying what is wrong (for a load balancer, systemd, or a person).
+
+use super::routes::Reply;
+use crate::rooms::table::{JoinState, RoomTable};
+
+/// `Ok` when healthy, else the one-line reason (`upstream link down`, `room lobby: joining`, …;
+/// several problems are joined with `; `).
+pub fn check(table: &RoomTable) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if !table.stats().upstream_up.get() {
+        problems.push("upstream link down".to_string());
+    }
+    for room in table.rooms() {
+        let state = match room.state() {
+            JoinState::Joined => continue,
+            JoinState::Joining => "joining".to_string(),
+            JoinState::Failed(why) => format!("failed ({why})"),
+            JoinState::Gone(why) => format!("gone ({why})"),
+        };
+        problems.push(format!("room {}: {state}", room.node));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        // One line, whatever a reason contains.
+        Err(problems.join("; ").replace(['\r', '\n'], " "))
+    }
+}
+
+pub fn reply(table: &RoomTable) -> Reply {
+    let reply = match check(table) {
+        Ok(()) => Reply::text(200, "ok\n"),
+        Err(why) => Reply::text(503, format!("{why}\n")),
+    };
+    reply.header("Cache-Control", "no-store")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_only_with_the_link_up_and_every_room_joined() {
+        let mut t = RoomTable::new(2, 4, 4096, 4);
+        t.add("lobby", "conference.localhost");
+        t.add("news", "conference.localhost");
+        assert_eq!(
+            check(&t),
+            Err("upstream link down; room lobby: joining; room news: joining".into())
+        );
+        t.stats().upstream_up.set(true);
+        t.set_state(0, JoinState::Joined);
+        t.set_state(1, JoinState::Failed("members only"));
+        assert_eq!(check(&t), Err("room news: failed (members only)".into()));
+        let r = reply(&t);
+        assert_eq!((r.status, r.body.as_slice()), (503, &b"room news: failed (members only)\n"[..]));
+        t.set_state(1, JoinState::Joined);
+        let r = reply(&t);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+        t.set_state(0, JoinState::Gone("the room was destroyed"));
+        assert_eq!(check(&t), Err("room lobby: gone (the room was destroyed)".into()));
+    }
+}

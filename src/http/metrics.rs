@@ -1,0 +1,236 @@
+//! `GET /metrics`: the room table's counters in the Prometheus text exposition format 0.0.4
+//! (`# HELP` / `# TYPE` lines, one sample per line, label values escaped).
+
+use std::fmt::Write as _;
+
+use super::routes::Reply;
+use crate::rooms::table::{JoinState, RoomTable};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "muc_eventsource_";
+
+pub fn reply(table: &RoomTable) -> Reply {
+    Reply::with_type(200, CONTENT_TYPE, render(table).into_bytes())
+        .header("Cache-Control", "no-store")
+}
+
+/// The exposition text.
+pub fn render(table: &RoomTable) -> String {
+    let s = table.stats();
+    let mut out = Exposition(String::with_capacity(2048));
+    out.single(
+        "upstream_up",
+        "1 when the XEP-0114 component link to the XMPP server is up.",
+        "gauge",
+        u64::from(s.upstream_up.get()),
+    );
+    out.single(
+        "upstream_reconnects_total",
+        "Component link sessions started after the first.",
+        "counter",
+        s.reconnects.get(),
+    );
+    out.single(
+        "rooms",
+        "Rooms configured.",
+        "gauge",
+        table.rooms().len() as u64,
+    );
+    out.single(
+        "rooms_joined",
+        "Rooms currently joined.",
+        "gauge",
+        table
+            .rooms()
+            .iter()
+            .filter(|r| r.state() == JoinState::Joined)
+            .count() as u64,
+    );
+    out.family(
+        "room_joined",
+        "1 when the room is joined, per room.",
+        "gauge",
+    );
+    for room in table.rooms() {
+        let joined = u64::from(room.state() == JoinState::Joined);
+        out.sample("room_joined", &[("room", &room.node)], joined);
+    }
+    out.family(
+        "subscribers",
+        "Event-stream subscribers connected, per room.",
+        "gauge",
+    );
+    for room in table.rooms() {
+        out.sample("subscribers", &[("room", &room.node)], room.subscribers() as u64);
+    }
+    out.single(
+        "events_in_total",
+        "Events published into the rooms' rings.",
+        "counter",
+        s.events_in.get(),
+    );
+    out.single(
+        "events_out_total",
+        "Events written completely to subscribers (one per event per subscriber).",
+        "counter",
+        s.events_out.get(),
+    );
+    out.single(
+        "written_bytes_total",
+        "Bytes written to subscribers (events, heartbeats, stream openings).",
+        "counter",
+        s.bytes_out.get(),
+    );
+    out.single(
+        "streams_opened_total",
+        "Event streams accepted.",
+        "counter",
+        s.streams_opened.get(),
+    );
+    out.single(
+        "subscribers_dropped_slow_total",
+        "Subscribers disconnected for falling behind their room's ring.",
+        "counter",
+        s.dropped_slow.get(),
+    );
+    out.family(
+        "rejected_total",
+        "Connections or requests refused, by reason.",
+        "counter",
+    );
+    for (reason, counter) in [
+        ("subscribers_full", &s.rejected_full),
+        ("bad_request", &s.rejected_bad_request),
+        ("timeout", &s.rejected_timeout),
+        ("pending_full", &s.rejected_pending),
+        ("forbidden", &s.rejected_forbidden),
+    ] {
+        out.sample("rejected_total", &[("reason", reason)], counter.get());
+    }
+    out.0
+}
+
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(
+            self.0,
+            "# HELP {PREFIX}{name} {}\n# TYPE {PREFIX}{name} {kind}",
+            escape_help(help)
+        );
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(PREFIX);
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (label, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{label}=\"{}\"", escape_label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn single(&mut self, name: &str, help: &str, kind: &str, value: u64) {
+        self.family(name, help, kind);
+        self.sample(name, &[], value);
+    }
+}
+
+/// A label value: `\` → `\\`, `"` → `\"`, line feed → `\n`.
+pub fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text: `\` → `\\`, line feed → `\n`.
+pub fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::table::count;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+        assert_eq!(escape_label("café"), "café");
+        assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
+    }
+
+    #[test]
+    fn renders_every_counter_with_help_and_type() {
+        let mut t = RoomTable::new(2, 4, 4096, 4);
+        t.add("lobby", "conference.localhost");
+        t.add("we\\ird\"room", "conference.localhost");
+        let s = t.stats();
+        s.upstream_up.set(true);
+        count(&s.reconnects, 2);
+        count(&s.events_in, 7);
+        count(&s.events_out, 21);
+        count(&s.bytes_out, 4096);
+        count(&s.dropped_slow, 1);
+        count(&s.rejected_full, 3);
+        count(&s.rejected_timeout, 4);
+        t.set_state(0, JoinState::Joined);
+        let _sub = t.subscribe(0).unwrap();
+        let text = render(&t);
+        for line in [
+            "# HELP muc_eventsource_upstream_up 1 when the XEP-0114 component link to the XMPP server is up.",
+            "# TYPE muc_eventsource_upstream_up gauge",
+            "muc_eventsource_upstream_up 1",
+            "# TYPE muc_eventsource_upstream_reconnects_total counter",
+            "muc_eventsource_upstream_reconnects_total 2",
+            "muc_eventsource_rooms 2",
+            "muc_eventsource_rooms_joined 1",
+            "muc_eventsource_room_joined{room=\"lobby\"} 1",
+            "muc_eventsource_room_joined{room=\"we\\\\ird\\\"room\"} 0",
+            "# TYPE muc_eventsource_subscribers gauge",
+            "muc_eventsource_subscribers{room=\"lobby\"} 1",
+            "muc_eventsource_subscribers{room=\"we\\\\ird\\\"room\"} 0",
+            "muc_eventsource_events_in_total 7",
+            "muc_eventsource_events_out_total 21",
+            "muc_eventsource_written_bytes_total 4096",
+            "muc_eventsource_subscribers_dropped_slow_total 1",
+            "# TYPE muc_eventsource_rejected_total counter",
+            "muc_eventsource_rejected_total{reason=\"subscribers_full\"} 3",
+            "muc_eventsource_rejected_total{reason=\"timeout\"} 4",
+            "muc_eventsource_rejected_total{reason=\"forbidden\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Every family is announced once, before its samples; every line ends with LF.
+        let mut announced = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!announced.contains(&name.to_string()), "{name} twice");
+                announced.push(name.to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(announced.last().map(String::as_str), Some(name), "{line}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+        assert_eq!(reply(&t).content_type, "text/plain; version=0.0.4; charset=utf-8");
+    }
+}
