@@ -320,3 +320,58 @@ fn join_leave_on_request_corrections_and_retractions() {
         "{events:?}"
     );
 }
+
+#[test]
+fn several_rooms_on_one_stream_resume_every_room() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby", "news", "quiet"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    alice.join("news", "alice");
+    let daemon = Daemon::start(&prosody, &["lobby", "news", "quiet"], "history = 0");
+    let path = "/eventsource?room=lobby&room=news&room=quiet";
+    let mut sub = SseClient::connect(daemon.http, path, &[]);
+    assert_eq!(sub.status(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send_groupchat("lobby", "l1");
+    alice.wait_for("l1", T);
+    alice.send_groupchat("news", "n1");
+    alice.wait_for("n1", T);
+    alice.send_groupchat("lobby", "l2");
+    let events = messages(&mut sub, 3);
+    let rooms: Vec<String> = events.iter().map(|e| field(e, "room").unwrap()).collect();
+    assert_eq!(
+        rooms,
+        vec!["lobby", "news", "lobby"],
+        "publication order, room named"
+    );
+    assert_eq!(bodies(&events), vec!["l1", "n1", "l2"]);
+    // Still the mod_muc_eventsource fields, plus "room".
+    let json = Json::parse(&events[0].data).unwrap();
+    assert_eq!(json.keys(), vec!["room", "nick", "body"]);
+    let last = events[2].last_event_id.clone();
+    assert!(
+        last.starts_with("lobby=") && last.contains("&news="),
+        "{last}"
+    );
+    drop(sub);
+
+    alice.send_groupchat("news", "n2");
+    alice.wait_for("n2", T);
+    alice.send_groupchat("lobby", "l3");
+    alice.wait_for("l3", T);
+    let mut probe = SseClient::connect(daemon.http, "/eventsource/lobby?history=1", &[]);
+    assert_eq!(bodies(&messages(&mut probe, 1)), vec!["l3"]);
+    let mut resumed = SseClient::connect(daemon.http, path, &[("Last-Event-ID", &last)]);
+    let events = messages(&mut resumed, 2);
+    assert_eq!(
+        bodies(&events),
+        vec!["n2", "l3"],
+        "each room resumes where it was"
+    );
+    assert!(resumed.next_event(Duration::from_millis(300)).is_none());
+    // Bounded: at most 8 rooms; unknown rooms are 404.
+    assert_eq!(
+        http_get(daemon.http, "/eventsource?room=lobby&room=nope").0,
+        404
+    );
+}

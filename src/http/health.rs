@@ -54,11 +54,17 @@ mod tests {
         t.set_state(1, JoinState::Failed("members only"));
         assert_eq!(check(&t), Err("room news: failed (members only)".into()));
         let r = reply(&t);
-        assert_eq!((r.status, r.body.as_slice()), (503, &b"room news: failed (members only)\n"[..]));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (503, &b"room news: failed (members only)\n"[..])
+        );
         t.set_state(1, JoinState::Joined);
         let r = reply(&t);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
         t.set_state(0, JoinState::Gone("the room was destroyed"));
-        assert_eq!(check(&t), Err("room lobby: gone (the room was destroyed)".into()));
+        assert_eq!(
+            check(&t),
+            Err("room lobby: gone (the room was destroyed)".into())
+        );
     }
 }

@@ -63,7 +63,11 @@ pub fn render(table: &RoomTable) -> String {
         "gauge",
     );
     for room in table.rooms() {
-        out.sample("subscribers", &[("room", &room.node)], room.subscribers() as u64);
+        out.sample(
+            "subscribers",
+            &[("room", &room.node)],
+            room.subscribers() as u64,
+        );
     }
     out.single(
         "events_in_total",
@@ -216,7 +220,10 @@ mod tests {
             "muc_eventsource_rejected_total{reason=\"timeout\"} 4",
             "muc_eventsource_rejected_total{reason=\"forbidden\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // Every family is announced once, before its samples; every line ends with LF.
         let mut announced = Vec::new();
@@ -231,6 +238,9 @@ mod tests {
             }
         }
         assert!(text.ends_with('\n'));
-        assert_eq!(reply(&t).content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(
+            reply(&t).content_type,
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
     }
 }

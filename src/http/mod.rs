@@ -4,6 +4,7 @@
 pub mod access;
 pub mod health;
 pub mod metrics;
+pub mod multi;
 pub mod pages;
 pub mod request;
 pub mod routes;

@@ -6,13 +6,20 @@
 //! escaped; the live view's script puts every streamed string into the page with `textContent`,
 //! and a `Content-Security-Policy` allowing only this origin's own script and style backs that
 //! up. Every page and asset has an `ETag` and answers `If-None-Match` with `304`.
+//!
+//! The pages obey the streams' access rules ([`super::access`]): a room this request may not
+//! read shows on the index without its subject, occupants or last message, and its live view
+//! is `403`. The pages pass their own `?token=` on (to the links, and from the live view to its
+//! `EventSource`), so one URL with a token opens everything that token opens.
 //! Pure, like [`super::routes`]: no I/O.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::access::{self, Access};
 use super::request::{Head, Method, percent_decode, query_values};
 use super::routes::Reply;
 use super::{health, metrics};
+use crate::config::Config;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
 /// The stylesheet of both pages.
@@ -39,15 +46,15 @@ const JS_TYPE: &str = "text/javascript; charset=utf-8";
 
 /// Answers the monitor's paths (`/`, `/view/<room>`, `/assets/…`, `/healthz`, `/metrics`) for
 /// `GET` and `HEAD`; `None` for every other request, which [`super::routes::route`] handles.
-pub fn route_extra(head: &Head, table: &RoomTable) -> Option<Reply> {
+pub fn route_extra(head: &Head, table: &RoomTable, config: &Config) -> Option<Reply> {
     if !matches!(head.method, Method::Get | Method::Head) {
         return None;
     }
     let path = head.path.as_str();
     let reply = if path == "/" {
-        index(head, table, SystemTime::now())
+        index(head, table, config, SystemTime::now())
     } else if let Some(encoded) = path.strip_prefix("/view/") {
-        view(head, table, encoded)
+        view(head, table, config, encoded)
     } else if let Some(name) = path.strip_prefix("/assets/") {
         asset(head, name)
     } else if path == "/healthz" {
@@ -66,7 +73,7 @@ pub fn route_extra(head: &Head, table: &RoomTable) -> Option<Reply> {
 /// The index: every room with its state, subject, occupants, last message and subscribers, and
 /// the state of the component link. Reloads itself every [`INDEX_REFRESH_SECS`] (a `304` when
 /// nothing changed).
-pub fn index(head: &Head, table: &RoomTable, now: SystemTime) -> Reply {
+pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -> Reply {
     let stats = table.stats();
     let token = token_suffix(head);
     let up = stats.upstream_up.get();
@@ -92,7 +99,8 @@ pub fn index(head: &Head, table: &RoomTable, now: SystemTime) -> Reply {
         s2 = plural(table.subscriber_count() as u64),
     ));
     for room in table.rooms() {
-        index_row(&mut html, room, &token, now);
+        let open = access::check(config, room, head) == Access::Allow;
+        index_row(&mut html, room, open, &token, now);
     }
     if table.rooms().is_empty() {
         html.push_str("<tr><td colspan=\"6\" class=\"dim\">No rooms are configured.</td></tr>\n");
@@ -106,7 +114,9 @@ pub fn index(head: &Head, table: &RoomTable, now: SystemTime) -> Reply {
     page(head, HTML, html.into_bytes())
 }
 
-fn index_row(html: &mut String, room: &Room, token: &str, now: SystemTime) {
+/// One room's row; `open`: this request may read the room, so its subject, occupants and last
+/// message are shown.
+fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: SystemTime) {
     let info = room.info.borrow();
     let node = encode_component(&room.node);
     let (class, state) = state_text(room.state());
@@ -127,6 +137,19 @@ fn index_row(html: &mut String, room: &Room, token: &str, now: SystemTime) {
     } else {
         format!("<br><span class=\"dim\">{}</span>", flags.join(", "))
     };
+    if !open {
+        html.push_str(&format!(
+            "<tr><td>{name}<br><span class=\"dim\">{jid}</span></td>\
+             <td class=\"{class}\">{state}{flags}</td>\
+             <td class=\"dim\" colspan=\"3\">needs a read token</td>\
+             <td class=\"n\">{subs}</td></tr>\n",
+            name = escape(&room.node),
+            jid = escape(&room.jid),
+            state = escape(&state),
+            subs = room.subscribers(),
+        ));
+        return;
+    }
     let occupants = if room.state() == JoinState::Joined {
         info.occupants.to_string()
     } else {
@@ -152,12 +175,19 @@ fn index_row(html: &mut String, room: &Room, token: &str, now: SystemTime) {
     ));
 }
 
-/// The live view of one room; `404` for a room not served.
-pub fn view(head: &Head, table: &RoomTable, encoded: &str) -> Reply {
+/// The live view of one room; `404` for a room not served, `403` for one this request may not
+/// read.
+pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> Reply {
     let Some(index) = percent_decode(encoded).and_then(|node| table.find_node(&node)) else {
         return Reply::text(404, "no such room is served here\n");
     };
     let room = table.room(index);
+    let open = match access::check(config, room, head) {
+        Access::Allow => true,
+        // Not known yet whether the room is public: the page, without what it would reveal.
+        Access::NotYetKnown => false,
+        Access::Forbidden(why) => return Reply::text(403, format!("{why}\n")),
+    };
     let info = room.info.borrow();
     let kiosk = query_values(&head.query, "kiosk").any(|v| v != "0" && v != "false");
     // The state at render time, until the stream's own `status` events say otherwise.
@@ -167,7 +197,11 @@ pub fn view(head: &Head, table: &RoomTable, encoded: &str) -> Reply {
         JoinState::Failed(why) => ("unavailable", why),
         JoinState::Gone(why) => ("destroyed", why),
     };
-    let subject = cut(&info.subject, VIEW_SUBJECT_CHARS);
+    let subject = if open {
+        cut(&info.subject, VIEW_SUBJECT_CHARS)
+    } else {
+        String::new()
+    };
     let title = if subject.is_empty() {
         room.node.clone()
     } else {
@@ -374,15 +408,39 @@ mod tests {
     use super::*;
     use crate::http::request::parse;
 
+    /// Public rooms `lobby` and `café`.
     fn table() -> RoomTable {
         let mut t = RoomTable::new(3, 4, 4096, 4);
         t.add("lobby", "conference.localhost");
         t.add("café", "conference.localhost");
+        public(&t);
         t
     }
 
+    fn public(t: &RoomTable) {
+        for room in t.rooms() {
+            let mut info = room.info.borrow_mut();
+            info.known = true;
+            info.public = true;
+        }
+    }
+
+    fn config(extra: &str) -> Config {
+        crate::config::parse(
+            "t",
+            &format!(
+                "component = s.l\nsecret = x\nmuc = conference.localhost\nrooms = lobby, café\n{extra}"
+            ),
+        )
+        .unwrap()
+    }
+
     fn get(req: &str, t: &RoomTable) -> Option<Reply> {
-        route_extra(&parse(req.as_bytes()).unwrap().unwrap(), t)
+        get_with(req, t, &config(""))
+    }
+
+    fn get_with(req: &str, t: &RoomTable, c: &Config) -> Option<Reply> {
+        route_extra(&parse(req.as_bytes()).unwrap().unwrap(), t, c)
     }
 
     fn body(r: &Reply) -> String {
@@ -399,14 +457,31 @@ mod tests {
     #[test]
     fn routes_its_paths_only() {
         let t = table();
-        for path in ["/", "/view/lobby", "/view/caf%C3%A9", "/assets/view.js", "/assets/monitor.css"]
-        {
+        for path in [
+            "/",
+            "/view/lobby",
+            "/view/caf%C3%A9",
+            "/assets/view.js",
+            "/assets/monitor.css",
+        ] {
             let r = get(&format!("GET {path} HTTP/1.1\r\n\r\n"), &t).unwrap();
             assert_eq!(r.status, 200, "{path}");
         }
-        assert_eq!(get("GET /healthz HTTP/1.1\r\n\r\n", &t).unwrap().status, 503);
-        assert_eq!(get("GET /metrics HTTP/1.1\r\n\r\n", &t).unwrap().status, 200);
-        for path in ["/view/nope", "/view/", "/view/a%zz", "/assets/x.js", "/assets/"] {
+        assert_eq!(
+            get("GET /healthz HTTP/1.1\r\n\r\n", &t).unwrap().status,
+            503
+        );
+        assert_eq!(
+            get("GET /metrics HTTP/1.1\r\n\r\n", &t).unwrap().status,
+            200
+        );
+        for path in [
+            "/view/nope",
+            "/view/",
+            "/view/a%zz",
+            "/assets/x.js",
+            "/assets/",
+        ] {
             let r = get(&format!("GET {path} HTTP/1.1\r\n\r\n"), &t).unwrap();
             assert_eq!(r.status, 404, "{path}");
         }
@@ -428,6 +503,7 @@ mod tests {
         for i in 0..24 {
             t.add(&format!("room{i}"), "conference.localhost");
         }
+        public(&t);
         let evil = "<script>alert(1)</script>\"'&".repeat(40);
         for room in t.rooms() {
             room.info.borrow_mut().subject = evil.clone();
@@ -438,16 +514,28 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
         assert!(html.contains("href=\"/view/room3?token=a%26b\""));
-        assert!(html.len() <= PAGE_BUDGET, "index with 24 rooms: {} bytes", html.len());
+        assert!(
+            html.len() <= PAGE_BUDGET,
+            "index with 24 rooms: {} bytes",
+            html.len()
+        );
         let view = get("GET /view/room0?kiosk=1 HTTP/1.1\r\n\r\n", &t).unwrap();
         let html = body(&view);
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("class=\"view kiosk\""));
         assert!(html.len() <= PAGE_BUDGET, "view: {} bytes", html.len());
         assert!(CSS.len() <= PAGE_BUDGET && VIEW_JS.len() <= PAGE_BUDGET);
-        assert_eq!(header(&view, "content-type"), None, "type is not a header line");
+        assert_eq!(
+            header(&view, "content-type"),
+            None,
+            "type is not a header line"
+        );
         assert_eq!(view.content_type, "text/html; charset=utf-8");
-        assert!(header(&view, "content-security-policy").unwrap().contains("script-src 'self'"));
+        assert!(
+            header(&view, "content-security-policy")
+                .unwrap()
+                .contains("script-src 'self'")
+        );
     }
 
     #[test]
@@ -460,12 +548,19 @@ mod tests {
         let r = get(&again, &t).unwrap();
         assert_eq!(r.status, 304);
         assert_eq!(header(&r, "etag"), Some(tag.as_str()));
-        assert!(!String::from_utf8(r.to_bytes()).unwrap().contains("Content-Length"));
+        assert!(
+            !String::from_utf8(r.to_bytes())
+                .unwrap()
+                .contains("Content-Length")
+        );
         t.room(0).info.borrow_mut().subject = "new subject".into();
         assert_eq!(get(&again, &t).unwrap().status, 200, "the page changed");
         let js = get("GET /assets/view.js HTTP/1.1\r\n\r\n", &t).unwrap();
         let tag = header(&js, "etag").unwrap();
-        let r = get(&format!("GET /assets/view.js HTTP/1.1\r\nIf-None-Match: {tag}\r\n\r\n"), &t);
+        let r = get(
+            &format!("GET /assets/view.js HTTP/1.1\r\nIf-None-Match: {tag}\r\n\r\n"),
+            &t,
+        );
         assert_eq!(r.unwrap().status, 304);
         assert!(etag_matches("*", "\"a\""));
         assert!(!etag_matches("\"b\"", "\"a\""));
@@ -490,6 +585,48 @@ mod tests {
         assert!(html.contains(">3<"));
         assert!(html.contains("2 min ago"));
         assert!(html.contains("failed: members only"));
+    }
+
+    #[test]
+    fn pages_obey_the_access_rules() {
+        let t = table();
+        t.room(0).info.borrow_mut().subject = "secret plans".into();
+        let c = config("token.lobby = s3cret\n");
+        let html = body(&get_with("GET / HTTP/1.1\r\n\r\n", &t, &c).unwrap());
+        assert!(!html.contains("secret plans"), "{html}");
+        assert!(html.contains("needs a read token"));
+        assert!(
+            html.contains("href=\"/view/caf%C3%A9\""),
+            "the public room is listed"
+        );
+        let r = get_with("GET /view/lobby HTTP/1.1\r\n\r\n", &t, &c).unwrap();
+        assert_eq!(r.status, 403);
+        let r = get_with("GET /view/lobby?token=wrong HTTP/1.1\r\n\r\n", &t, &c).unwrap();
+        assert_eq!(r.status, 403);
+        let r = get_with("GET /view/lobby?token=s3cret HTTP/1.1\r\n\r\n", &t, &c).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(body(&r).contains(">secret plans</h1>"));
+        assert!(
+            !body(&r).contains("s3cret"),
+            "the token is not put in the page"
+        );
+        let html = body(&get_with("GET /?token=s3cret HTTP/1.1\r\n\r\n", &t, &c).unwrap());
+        assert!(html.contains("secret plans"));
+        assert!(html.contains("href=\"/view/lobby?token=s3cret\""));
+        // Not known yet whether the room is public: the view, without the subject.
+        t.room(0).info.borrow_mut().known = false;
+        let r = get("GET /view/lobby HTTP/1.1\r\n\r\n", &t).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!body(&r).contains("secret plans"));
+        let html = body(&get("GET / HTTP/1.1\r\n\r\n", &t).unwrap());
+        assert!(!html.contains("secret plans"));
+        // Monitoring is not gated.
+        assert_eq!(
+            get_with("GET /metrics HTTP/1.1\r\n\r\n", &t, &c)
+                .unwrap()
+                .status,
+            200
+        );
     }
 
     #[test]

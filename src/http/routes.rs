@@ -1,6 +1,7 @@
 //! Routing: which answer a parsed request gets. Pure: no I/O, so every answer is unit-tested.
 
 use super::access::{self, Access};
+use super::multi;
 use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
 use crate::rooms::frame::Json;
@@ -38,6 +39,13 @@ pub enum Route {
     /// Send `head` (from [`stream_head`]) and stream this room's events of the kinds in `mask`.
     Stream {
         room: usize,
+        start: Start,
+        mask: u8,
+        head: String,
+    },
+    /// Like `Stream`, merging several rooms (`/eventsource?room=a&room=b`).
+    Multi {
+        rooms: Vec<usize>,
         start: Start,
         mask: u8,
         head: String,
@@ -177,6 +185,9 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             Reply::text(405, "only GET is served here\n").header("Allow", "GET, HEAD, OPTIONS"),
         );
     }
+    if let Some(r) = super::pages::route_extra(head, table, config) {
+        return Route::Reply(r);
+    }
     let reply = |r: Reply| {
         Route::Reply(Reply {
             head_only: head.method == Method::Head,
@@ -189,6 +200,9 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             body.push_str(&format!("/eventsource/{}\t{}\n", room.node, room.jid));
         }
         return reply(Reply::text(200, body));
+    }
+    if head.path == "/eventsource" {
+        return multi(head, table, config, &cors).unwrap_or_else(reply);
     }
     let Some(encoded) = head.path.strip_prefix("/eventsource/") else {
         return reply(Reply::text(
@@ -229,6 +243,60 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(&cors),
     }
+}
+
+/// `/eventsource?room=a&room=b`: several rooms on one stream (`Err`: the answer instead).
+fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<Route, Reply> {
+    let mut rooms = Vec::new();
+    for node in query_values(&head.query, "room") {
+        let Some(index) = table.find_node(&node) else {
+            return Err(Reply::text(
+                404,
+                format!("no room `{node}` is served here\n"),
+            ));
+        };
+        if !rooms.contains(&index) {
+            rooms.push(index);
+        }
+    }
+    if rooms.is_empty() {
+        return Err(Reply::text(
+            400,
+            "name the rooms: /eventsource?room=a&room=b\n",
+        ));
+    }
+    if rooms.len() > multi::MAX_ROOMS {
+        return Err(Reply::text(
+            400,
+            format!("at most {} rooms per stream\n", multi::MAX_ROOMS),
+        ));
+    }
+    for &index in &rooms {
+        match access::check(config, table.room(index), head) {
+            Access::Allow => {}
+            Access::Forbidden(why) => {
+                count(&table.stats().rejected_forbidden, 1);
+                let node = &table.room(index).node;
+                return Err(Reply::text(403, format!("room `{node}`: {why}\n")));
+            }
+            Access::NotYetKnown => {
+                return Err(try_later(head, cors, "a room is being joined", 5));
+            }
+        }
+    }
+    rooms.retain(|&i| !matches!(table.room(i).state(), JoinState::Gone(_)));
+    if rooms.is_empty() {
+        return Err(Reply::text(204, ""));
+    }
+    if head.method == Method::Head {
+        return Err(Reply::text(200, ""));
+    }
+    Ok(Route::Multi {
+        rooms,
+        start: start(head),
+        mask: mask(head, kind::DEFAULT | config.events),
+        head: stream_head(cors),
+    })
 }
 
 /// The event kinds a stream gets: `base` plus those named in `?events=join,leave`.
@@ -295,7 +363,7 @@ mod tests {
 
     fn status(req: &str) -> u16 {
         match answer(req) {
-            Route::Stream { .. } => 200,
+            Route::Stream { .. } | Route::Multi { .. } => 200,
             Route::Reply(r) => r.status,
         }
     }
@@ -378,6 +446,19 @@ mod tests {
             route(&head, &t, &config()),
             Route::Reply(Reply { status: 204, .. })
         ));
+    }
+
+    #[test]
+    fn several_rooms_on_one_stream() {
+        match answer("GET /eventsource?room=caf%C3%A9&room=lobby&room=lobby HTTP/1.1\r\n\r\n") {
+            Route::Multi { rooms, start, .. } => {
+                assert_eq!(rooms, vec![1, 0]);
+                assert_eq!(start, Start::Live);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status("GET /eventsource?room=nope HTTP/1.1\r\n\r\n"), 404);
+        assert_eq!(status("GET /eventsource HTTP/1.1\r\n\r\n"), 400);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
@@ -16,7 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 
 use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
-use super::sse;
+use super::{multi, sse};
 use crate::config::Config;
 use crate::rooms::table::{RoomTable, count};
 use crate::shutdown::Shutdown;
@@ -30,6 +30,33 @@ pub struct Server {
     pub table: &'static RoomTable,
     pub shutdown: &'static Shutdown,
     pending: Cell<usize>,
+    /// When the last rate-limited warning was logged.
+    last_warning: Cell<Option<Instant>>,
+    /// Rate-limited warnings not logged since.
+    suppressed: Cell<u64>,
+}
+
+impl Server {
+    /// Logs a warning unless one was logged less than 10 s ago (then counts it, and says how
+    /// many were suppressed the next time one goes out).
+    pub fn warn_limited(&self, message: &str) {
+        let now = Instant::now();
+        if self
+            .last_warning
+            .get()
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return;
+        }
+        let suppressed = self.suppressed.replace(0);
+        self.last_warning.set(Some(now));
+        if suppressed > 0 {
+            log::warn!("{message} ({suppressed} similar warnings suppressed)");
+        } else {
+            log::warn!("{message}");
+        }
+    }
 }
 
 impl Server {
@@ -43,6 +70,8 @@ impl Server {
             table,
             shutdown,
             pending: Cell::new(0),
+            last_warning: Cell::new(None),
+            suppressed: Cell::new(0),
         }
     }
 }
@@ -78,6 +107,10 @@ pub async fn serve(
         };
         if server.pending.get() >= server.config.max_pending_requests {
             count(&server.table.stats().rejected_pending, 1);
+            server.warn_limited(&format!(
+                "{} connections are still sending their request: refusing {peer} and others; raise max_pending_requests or lower header_timeout_secs",
+                server.pending.get()
+            ));
             log::debug!(
                 "{peer}: refused, {} requests already pending",
                 server.pending.get()
@@ -153,13 +186,7 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             head: stream_head,
         } => {
             let Some(sub) = server.table.subscribe(room) else {
-                log::warn!(
-                    "{peer}: subscriber table full ({} subscribers); raise max_subscribers",
-                    config.max_subscribers
-                );
-                let reply = Reply::text(503, "too many subscribers, retry later\n")
-                    .header("Retry-After", "10");
-                send(&socket, &reply.to_bytes()).await;
+                table_full(server, &socket, &head, peer).await;
                 return;
             };
             let room = sub.room();
@@ -180,7 +207,53 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
                 other => log::debug!("{peer}: stream of {} ended: {other:?}", room.jid),
             }
         }
+        Route::Multi {
+            rooms,
+            start,
+            mask,
+            head: stream_head,
+        } => {
+            let mut follows = Vec::with_capacity(rooms.len());
+            for &room in &rooms {
+                let Some(sub) = server.table.subscribe(room) else {
+                    drop(follows);
+                    table_full(server, &socket, &head, peer).await;
+                    return;
+                };
+                follows.push(multi::Follow {
+                    sub,
+                    seq: 0,
+                    last_id: String::new(),
+                });
+            }
+            let nodes: Vec<&str> = rooms
+                .iter()
+                .map(|&r| server.table.room(r).node.as_str())
+                .collect();
+            let starts = multi::starts(&nodes, &start);
+            let opening = multi::opening(&stream_head, config.retry_ms, &mut follows, &starts);
+            log::debug!(
+                "{peer}: subscribed to {} rooms: {}",
+                nodes.len(),
+                nodes.join(", ")
+            );
+            let ended = multi::stream(&mut follows, &socket, opening, mask).await;
+            log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
+        }
     }
+}
+
+/// The subscriber table is full: count it, say so (at most every 10 s), and answer so that a
+/// browser comes back later.
+async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, peer: SocketAddr) {
+    count(&server.table.stats().rejected_full, 1);
+    server.warn_limited(&format!(
+        "subscriber table full ({} subscribers): refusing {peer} and others; raise max_subscribers",
+        server.config.max_subscribers
+    ));
+    let cors = super::access::cors(server.config, head.origin.as_deref());
+    let reply = routes::try_later(head, &cors, "too many subscribers", 10);
+    send(socket, &reply.to_bytes()).await;
 }
 
 /// Reads until a complete head. `Err(Some(Ok(reject)))`: refuse it; `Err(Some(Err))`: I/O error.

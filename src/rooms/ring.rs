@@ -5,7 +5,7 @@
 //! room's memory has a ceiling. A subscriber is a sequence number into this ring; one whose next
 //! event has been evicted has fallen behind and is dropped by its writer.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
 /// Event kinds, as bits: a subscriber's filter is a set of them.
@@ -50,6 +50,11 @@ pub struct Entry {
     pub origin: Option<(Box<str>, Box<str>)>,
     /// Retracted or moderated: no longer sent to anyone who has not had it yet.
     pub retracted: Cell<bool>,
+    /// Position among the events of all rooms (set by the room table when published).
+    pub order: u64,
+    /// The frame for streams of several rooms: no `id:` line (those streams write composite
+    /// ids), `"room"` first in the JSON. Made from `frame` the first time one is needed.
+    multi: OnceCell<Rc<[u8]>>,
 }
 
 impl Entry {
@@ -61,7 +66,38 @@ impl Entry {
             key: 0,
             origin: None,
             retracted: Cell::new(false),
+            order: 0,
+            multi: OnceCell::new(),
         }
+    }
+
+    /// This event as sent on a stream of several rooms: `frame` without its `id:` line and
+    /// with `"room":"<node>",` at the start of its JSON object.
+    pub fn multi_frame(&self, node: &str) -> Rc<[u8]> {
+        self.multi
+            .get_or_init(|| {
+                let f = &self.frame[..];
+                let id_at = f.windows(4).position(|w| w == b"id: ").unwrap_or(0);
+                let id_end = f[id_at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(id_at, |e| id_at + e + 1);
+                let data_at = f
+                    .windows(7)
+                    .position(|w| w == b"data: {")
+                    .map_or(f.len(), |d| d + 7);
+                let mut out = Vec::with_capacity(f.len() + node.len() + 10);
+                out.extend_from_slice(&f[..id_at]);
+                out.extend_from_slice(&f[id_end..data_at]);
+                out.extend_from_slice(b"\"room\":");
+                super::frame::push_json_string(&mut out, node);
+                if f.get(data_at) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&f[data_at..]);
+                out.into()
+            })
+            .clone()
     }
 
     /// Whether a subscriber with filter `mask` is to be sent this event.
@@ -186,6 +222,40 @@ mod tests {
         assert_eq!(r.bytes(), 3 + 4 + 5);
         assert_eq!(r.find_id("id4"), Some(3));
         assert_eq!(r.find_id("id1"), None);
+    }
+
+    #[test]
+    fn multi_room_frames() {
+        let e = Entry::new(
+            crate::rooms::frame::message("s-1", Some("a"), "hi"),
+            "s-1",
+            kind::MESSAGE,
+        );
+        assert_eq!(
+            &*e.multi_frame("lobby"),
+            b"data: {\"room\":\"lobby\",\"nick\":\"a\",\"body\":\"hi\"}\n\n"
+        );
+        let json = crate::rooms::frame::Json::new()
+            .str("status", "joined")
+            .finish();
+        let e = Entry::new(
+            crate::rooms::frame::event(Some("status"), "x-2", &json),
+            "x-2",
+            kind::STATUS,
+        );
+        assert_eq!(
+            &*e.multi_frame("news"),
+            b"event: status\ndata: {\"room\":\"news\",\"status\":\"joined\"}\n\n"
+        );
+        let e = Entry::new(
+            crate::rooms::frame::event(Some("x"), "1", b"{}"),
+            "1",
+            kind::STATUS,
+        );
+        assert_eq!(
+            &*e.multi_frame("r"),
+            b"event: x\ndata: {\"room\":\"r\"}\n\n"
+        );
     }
 
     #[test]

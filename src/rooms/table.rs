@@ -216,7 +216,9 @@ impl RoomTable {
     /// wakes that room's subscribers. Returns the sequence number.
     pub fn publish(&self, room: usize, make: impl FnOnce(u64) -> Entry) -> u64 {
         let mut ring = self.rooms()[room].ring.borrow_mut();
-        let entry = make(ring.head());
+        let mut entry = make(ring.head());
+        // Events of all rooms in publication order, for streams that merge several rooms.
+        entry.order = self.stats.events_in.get();
         let seq = ring.push(entry);
         drop(ring);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
@@ -355,8 +357,8 @@ fn epoch_prefix() -> String {
     String::from_utf8(digits).unwrap_or_default()
 }
 
-impl Subscription<'_> {
-    pub fn room(&self) -> &Room {
+impl<'t> Subscription<'t> {
+    pub fn room(&self) -> &'t Room {
         self.table.room(self.room)
     }
 
@@ -379,7 +381,7 @@ impl Subscription<'_> {
     }
 
     /// The table's counters.
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &'t Stats {
         &self.table.stats
     }
 }

@@ -179,9 +179,10 @@
         (m && typeof m.reason === 'string' ? ': ' + m.reason : '.'));
     });
     es.addEventListener('correction', function (e) {
+      // {"id": the corrected message's event id (when still held), "nick", "body", "replaces"}
       var id = ownId(e), m = json(e);
       if (!m || typeof m.body !== 'string') return;
-      var target = seen.get(m.replaces || m.target);
+      var target = typeof m.id === 'string' && seen.get(m.id);
       if (target) {
         target.querySelector('.body').textContent = m.body;
         target.classList.add('edited');
@@ -192,11 +193,13 @@
       }
     });
     es.addEventListener('retraction', function (e) {
+      // {"id": the retracted message's event id, "moderated", "reason"}
       ownId(e);
       var m = json(e);
-      var target = m && seen.get(m.retracts || m.target || m.id);
+      var target = m && typeof m.id === 'string' && seen.get(m.id);
       if (!target) return;
-      target.querySelector('.body').textContent = 'message removed';
+      target.querySelector('.body').textContent =
+        m.moderated ? 'message removed by a moderator' : 'message removed';
       target.classList.add('retracted');
     });
   }
