@@ -52,8 +52,13 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// Time a client has to send its request head.
     pub header_timeout: Duration,
-    /// Whitespace keepalive interval on the component link.
+    /// Whitespace keepalive interval on the component link; after as long without anything
+    /// read, the link is pinged.
     pub keepalive: Duration,
+    /// Time a link ping or a self-ping may go unanswered.
+    pub ping_timeout: Duration,
+    /// Silence from a joined room after which we check we are still in it (XEP-0410).
+    pub self_ping: Duration,
     /// First reconnect delay; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     /// Largest reconnect delay.
@@ -241,6 +246,16 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "cors_origins",
         Some("*"),
         "origins allowed to read streams: * or a comma-separated list",
+    ),
+    (
+        "ping_timeout_secs",
+        Some("30"),
+        "unanswered link ping or self-ping after which the link is dead",
+    ),
+    (
+        "self_ping_secs",
+        Some("600"),
+        "silence from a room before checking we are still in it (XEP-0410)",
     ),
 ];
 
@@ -545,6 +560,8 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
         header_timeout: secs(number("header_timeout_secs", 1, 3600)?),
         keepalive: secs(number("keepalive_secs", 1, 86400)?),
+        ping_timeout: secs(number("ping_timeout_secs", 1, 3600)?),
+        self_ping: secs(number("self_ping_secs", 1, 86400)?),
         reconnect_min,
         reconnect_max,
         auth_failure,
@@ -687,6 +704,8 @@ impl Config {
             self.header_timeout.as_secs().to_string(),
         );
         line("keepalive_secs", self.keepalive.as_secs().to_string());
+        line("ping_timeout_secs", self.ping_timeout.as_secs().to_string());
+        line("self_ping_secs", self.self_ping.as_secs().to_string());
         line(
             "reconnect_min_secs",
             self.reconnect_min.as_secs().to_string(),

@@ -69,6 +69,8 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
             phase: Phase::Checking,
             retry_at: None,
             feed: Feed::default(),
+            last_heard: Instant::now(),
+            self_ping_sent: None,
             occupants: HashSet::new(),
         })
         .collect();
@@ -164,6 +166,10 @@ struct RoomLink {
     phase: Phase,
     retry_at: Option<Instant>,
     feed: Feed,
+    /// When the room last sent us anything (for XEP-0410 self-ping after silence).
+    last_heard: Instant,
+    /// When the self-ping still unanswered was sent.
+    self_ping_sent: Option<Instant>,
     /// Nicks of the other occupants, as seen from presence (at most
     /// [`MAX_OCCUPANTS_TRACKED`]).
     occupants: HashSet<String>,
@@ -190,6 +196,9 @@ struct Upstream {
     socket: Async<TcpStream>,
     splitter: Splitter,
     last_write: Instant,
+    last_read: Instant,
+    /// When the link ping still unanswered was sent.
+    ping_sent: Option<Instant>,
 }
 
 impl Upstream {
@@ -328,6 +337,8 @@ async fn session(
         socket,
         splitter: Splitter::new(config.max_stanza_bytes, MAX_DEPTH),
         last_write: Instant::now(),
+        last_read: Instant::now(),
+        ping_sent: None,
     };
     let mut buf = vec![0u8; 16 * 1024];
     let shaken = future::or(
@@ -418,7 +429,30 @@ async fn serve(
                 if up.last_write.elapsed() >= config.keepalive {
                     up.send(" ").await?;
                 }
+                // A half-open link reads nothing forever: after `keepalive` of silence, ping
+                // the MUC service; any answer (even an error) proves the link.
+                match up.ping_sent {
+                    Some(sent) if sent.elapsed() >= config.ping_timeout => {
+                        return Err(End::Lost(format!(
+                            "no answer to a ping within {} s; the link is dead",
+                            config.ping_timeout.as_secs()
+                        )));
+                    }
+                    None if up.last_read.elapsed() >= config.keepalive => {
+                        up.ping_sent = Some(Instant::now());
+                        up.send(&format!(
+                            "<iq type='get' id='link-ping' from='{}' to='{}'><ping xmlns='{NS_PING}'/></iq>",
+                            escape(&config.component),
+                            escape(&config.muc)
+                        ))
+                        .await?;
+                    }
+                    _ => {}
+                }
                 let now = Instant::now();
+                for index in 0..links.len() {
+                    self_ping(config, table, up, &mut links[index], index, now).await?;
+                }
                 for index in 0..links.len() {
                     if links[index].phase == Phase::Waiting
                         && links[index].retry_at.is_some_and(|t| t <= now)
@@ -432,6 +466,8 @@ async fn serve(
                 if n == 0 {
                     return Err(End::Lost("the server closed the connection".into()));
                 }
+                up.last_read = Instant::now();
+                up.ping_sent = None;
                 up.splitter.feed(&buf[..n]);
                 loop {
                     let stanza = match up.splitter.next_piece()? {
@@ -493,6 +529,41 @@ async fn join(
     .await
 }
 
+/// XEP-0410: after `self_ping` of silence from a joined room, ping our own occupant to find
+/// out whether the room still knows us (a "ghost" occupant would get no messages, silently).
+async fn self_ping(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    link: &mut RoomLink,
+    index: usize,
+    now: Instant,
+) -> io::Result<()> {
+    if link.phase != Phase::Joined {
+        return Ok(());
+    }
+    match link.self_ping_sent {
+        // Unanswered: treated as a timeout (XEP-0410 §3.3); try again after the next silence.
+        Some(sent) if now.duration_since(sent) >= config.ping_timeout => {
+            log::debug!("room {}: self-ping unanswered", table.room(index).jid);
+            link.self_ping_sent = None;
+            link.last_heard = now;
+        }
+        None if now.duration_since(link.last_heard) >= config.self_ping => {
+            link.self_ping_sent = Some(now);
+            up.send(&format!(
+                "<iq type='get' id='selfping-{index}' from='{}' to='{}/{}'><ping xmlns='{NS_PING}'/></iq>",
+                escape(&config.component),
+                escape(&table.room(index).jid),
+                escape(&link.nick)
+            ))
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn wait_and_retry(link: &mut RoomLink, after: Duration) {
     link.phase = Phase::Waiting;
     link.retry_at = Some(Instant::now() + after);
@@ -519,6 +590,9 @@ async fn handle(
         .attr("from")
         .and_then(|from| table.find_jid(muc::split_jid(from).0));
     let event = muc::classify(stanza, from_room.map(|i| links[i].nick.as_str()));
+    if let Some(index) = from_room {
+        links[index].last_heard = Instant::now();
+    }
     let room_of = |jid: &str| table.find_jid(jid);
     match event {
         MucEvent::Message {
@@ -707,6 +781,46 @@ async fn handle_iq(
                 )
             };
             up.send(&reply).await?;
+        }
+        Some(kind @ ("result" | "error")) if id.starts_with("selfping-") => {
+            let Some(index) = id["selfping-".len()..]
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < links.len())
+            else {
+                return Ok(());
+            };
+            links[index].self_ping_sent = None;
+            links[index].last_heard = Instant::now();
+            let condition = match muc::classify(iq, None) {
+                MucEvent::JoinError { condition, .. } => condition,
+                _ => "",
+            };
+            // XEP-0410 §3.3: these mean we are still an occupant.
+            let joined = kind == "result"
+                || matches!(
+                    condition,
+                    "service-unavailable"
+                        | "feature-not-implemented"
+                        | "item-not-found"
+                        | "remote-server-not-found"
+                        | "remote-server-timeout"
+                );
+            if !joined && links[index].phase == Phase::Joined {
+                let room = table.room(index);
+                log::warn!(
+                    "room {}: self-ping says we are no longer an occupant ({condition}); rejoining",
+                    room.jid
+                );
+                links[index].feed.status(
+                    table,
+                    index,
+                    "rejoining",
+                    Some("the room no longer knew us"),
+                );
+                table.set_state(index, JoinState::Joining);
+                join(config, table, up, &mut links[index], index).await?;
+            }
         }
         Some(kind @ ("result" | "error")) => {
             let Some(index) = id
