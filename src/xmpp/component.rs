@@ -450,8 +450,8 @@ async fn serve(
                     _ => {}
                 }
                 let now = Instant::now();
-                for index in 0..links.len() {
-                    self_ping(config, table, up, &mut links[index], index, now).await?;
+                for (index, link) in links.iter_mut().enumerate() {
+                    self_ping(config, table, up, link, index, now).await?;
                 }
                 for index in 0..links.len() {
                     if links[index].phase == Phase::Waiting
