@@ -42,6 +42,10 @@ pub struct Config {
     pub max_subscribers: usize,
     /// HTTP connections still sending their request head, at most.
     pub max_pending_requests: usize,
+    /// Subscribers of one room, at most (0 = only `max_subscribers` limits them).
+    pub max_subscribers_per_room: usize,
+    /// Connections from one address, at most (0 = no limit).
+    pub max_connections_per_ip: usize,
     /// Events kept per room for subscribers that are behind.
     pub ring_events: usize,
     /// Bytes of event frames kept per room (the newest event is always kept).
@@ -256,6 +260,16 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "self_ping_secs",
         Some("600"),
         "silence from a room before checking we are still in it (XEP-0410)",
+    ),
+    (
+        "max_subscribers_per_room",
+        Some("0"),
+        "subscribers of one room, 0 = no limit beyond max_subscribers",
+    ),
+    (
+        "max_connections_per_ip",
+        Some("0"),
+        "connections from one address, 0 = no limit",
     ),
 ];
 
@@ -554,6 +568,8 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_rooms,
         max_subscribers: number("max_subscribers", 1, 1_000_000)?,
         max_pending_requests: number("max_pending_requests", 1, 100_000)?,
+        max_subscribers_per_room: number("max_subscribers_per_room", 0, 1_000_000)?,
+        max_connections_per_ip: number("max_connections_per_ip", 0, 1_000_000)?,
         ring_events,
         ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
         max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
@@ -694,6 +710,14 @@ impl Config {
         line(
             "max_pending_requests",
             self.max_pending_requests.to_string(),
+        );
+        line(
+            "max_subscribers_per_room",
+            self.max_subscribers_per_room.to_string(),
+        );
+        line(
+            "max_connections_per_ip",
+            self.max_connections_per_ip.to_string(),
         );
         line("ring_events", self.ring_events.to_string());
         line("ring_bytes", self.ring_bytes.to_string());

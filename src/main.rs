@@ -135,6 +135,7 @@ fn run(config: Config) -> Result<(), u8> {
             .add(room, &config.muc)
             .expect("max_rooms >= rooms is validated");
     }
+    table.set_room_cap(config.max_subscribers_per_room);
     let table: &'static RoomTable = Box::leak(Box::new(table));
     let shutdown: &'static Shutdown = Box::leak(Box::default());
     let listener = server::bind(config.listen).map_err(|e| {

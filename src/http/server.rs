@@ -5,9 +5,10 @@
 //! sending their head are capped (`max_pending_requests`); subscribers are capped by the room
 //! table's fixed subscriber table.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
@@ -30,6 +31,8 @@ pub struct Server {
     pub table: &'static RoomTable,
     pub shutdown: &'static Shutdown,
     pending: Cell<usize>,
+    /// Open connections per client address (only with `max_connections_per_ip`).
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// When the last rate-limited warning was logged.
     last_warning: Cell<Option<Instant>>,
     /// Rate-limited warnings not logged since.
@@ -70,6 +73,7 @@ impl Server {
             table,
             shutdown,
             pending: Cell::new(0),
+            per_ip: RefCell::new(HashMap::new()),
             last_warning: Cell::new(None),
             suppressed: Cell::new(0),
         }
@@ -115,12 +119,63 @@ pub async fn serve(
                 "{peer}: refused, {} requests already pending",
                 server.pending.get()
             );
-            let reply = Reply::text(503, "busy, retry later\n").header("Retry-After", "5");
-            let _ = socket.get_ref().set_nonblocking(true);
-            let _ = std::io::Write::write(&mut socket.get_ref(), &reply.to_bytes());
+            // Closed unanswered: a network error makes an EventSource retry, where an HTTP
+            // error status would make it give up for good.
             continue;
         }
-        executor.spawn(connection(server, socket, peer)).detach();
+        let Some(per_ip) = PerIp::new(server, peer.ip()) else {
+            count(&server.table.stats().rejected_per_ip, 1);
+            server.warn_limited(&format!(
+                "{} has {} connections open: refusing more; raise max_connections_per_ip",
+                peer.ip(),
+                server.config.max_connections_per_ip
+            ));
+            continue;
+        };
+        executor
+            .spawn(async move {
+                let _per_ip = per_ip;
+                connection(server, socket, peer).await;
+            })
+            .detach();
+    }
+}
+
+/// Counts a connection against its address's limit until dropped.
+struct PerIp {
+    server: &'static Server,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// `None` when the address already has `max_connections_per_ip` connections.
+    fn new(server: &'static Server, ip: IpAddr) -> Option<PerIp> {
+        let cap = server.config.max_connections_per_ip;
+        if cap == 0 {
+            return Some(PerIp { server, ip });
+        }
+        let mut map = server.per_ip.borrow_mut();
+        let n = map.entry(ip).or_insert(0);
+        if *n as usize >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp { server, ip })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        if self.server.config.max_connections_per_ip == 0 {
+            return;
+        }
+        let mut map = self.server.per_ip.borrow_mut();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -246,10 +301,10 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
 /// The subscriber table is full: count it, say so (at most every 10 s), and answer so that a
 /// browser comes back later.
 async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, peer: SocketAddr) {
-    count(&server.table.stats().rejected_full, 1);
     server.warn_limited(&format!(
-        "subscriber table full ({} subscribers): refusing {peer} and others; raise max_subscribers",
-        server.config.max_subscribers
+        "subscriber table full ({} subscribers, at most {} per room): refusing {peer} and others; raise max_subscribers / max_subscribers_per_room",
+        server.config.max_subscribers,
+        server.config.max_subscribers_per_room
     ));
     let cors = super::access::cors(server.config, head.origin.as_deref());
     let reply = routes::try_later(head, &cors, "too many subscribers", 10);

@@ -103,6 +103,8 @@ pub struct Stats {
     pub rejected_timeout: Cell<u64>,
     /// Connections refused because too many requests were pending.
     pub rejected_pending: Cell<u64>,
+    /// Connections refused because their address had too many open.
+    pub rejected_per_ip: Cell<u64>,
     /// Streams refused by access control (403).
     pub rejected_forbidden: Cell<u64>,
     /// Streams accepted since start.
@@ -124,6 +126,8 @@ pub struct RoomTable {
     subs: RefCell<Subscribers>,
     closing: Cell<bool>,
     heartbeat: Cell<u64>,
+    /// Subscribers one room may have (0 = only the table's size limits them).
+    room_cap: Cell<usize>,
     /// Prefix of the event ids this process mints (its start time), so ids minted by an earlier
     /// run are never mistaken for this run's.
     epoch: String,
@@ -173,6 +177,7 @@ impl RoomTable {
             }),
             closing: Cell::new(false),
             heartbeat: Cell::new(0),
+            room_cap: Cell::new(0),
             epoch: epoch_prefix(),
             stats: Stats::default(),
         }
@@ -236,6 +241,11 @@ impl RoomTable {
         format!("{}-{seq}", self.epoch)
     }
 
+    /// Limits the subscribers of any one room (0 = no limit beyond the table's size).
+    pub fn set_room_cap(&self, cap: usize) {
+        self.room_cap.set(cap);
+    }
+
     /// Counts a heartbeat and wakes every subscriber to send its keep-alive comment.
     pub fn beat(&self) {
         self.heartbeat.set(self.heartbeat.get() + 1);
@@ -287,6 +297,11 @@ impl RoomTable {
     /// Takes a subscriber slot for `room`; `None` when the subscriber table is full.
     pub fn subscribe(&self, room: usize) -> Option<Subscription<'_>> {
         let mut subs = self.subs.borrow_mut();
+        let cap = self.room_cap.get();
+        if cap > 0 && self.rooms()[room].subscribers.get() >= cap {
+            count(&self.stats.rejected_full, 1);
+            return None;
+        }
         let Some(slot) = subs.free.pop() else {
             self.stats
                 .rejected_full
@@ -458,9 +473,12 @@ mod tests {
         let s3 = t.subscribe(1).unwrap();
         assert!(t.subscribe(1).is_none());
         assert_eq!(t.stats.rejected_full.get(), 1);
+        t.set_room_cap(2);
         assert_eq!((t.room(0).subscribers(), t.subscriber_count()), (2, 3));
         drop(s2);
         let s4 = t.subscribe(0).unwrap();
+        assert!(t.subscribe(0).is_none(), "room cap");
+        t.set_room_cap(0);
         drop(s1);
         drop(s4);
         assert_eq!(t.room(0).subscribers(), 0);
