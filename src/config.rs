@@ -42,6 +42,8 @@ pub struct Config {
     pub max_subscribers: usize,
     /// HTTP connections still sending their request head, at most.
     pub max_pending_requests: usize,
+    /// Streams merging several rooms, at most (each has a write buffer).
+    pub max_multi_streams: usize,
     /// Subscribers of one room, at most (0 = only `max_subscribers` limits them).
     pub max_subscribers_per_room: usize,
     /// Connections from one address, at most (0 = no limit).
@@ -191,8 +193,8 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "max_stanza_bytes",
-        Some("262144"),
-        "largest upstream stanza, bytes",
+        Some("524288"),
+        "largest upstream stanza, bytes (Prosody's own c2s limit is 256 KiB)",
     ),
     (
         "max_head_bytes",
@@ -270,6 +272,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "max_connections_per_ip",
         Some("0"),
         "connections from one address, 0 = no limit",
+    ),
+    (
+        "max_multi_streams",
+        Some("8"),
+        "streams merging several rooms (/eventsource?room=a&room=b)",
     ),
 ];
 
@@ -569,6 +576,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_subscribers: number("max_subscribers", 1, 1_000_000)?,
         max_pending_requests: number("max_pending_requests", 1, 100_000)?,
         max_subscribers_per_room: number("max_subscribers_per_room", 0, 1_000_000)?,
+        max_multi_streams: number("max_multi_streams", 0, 100_000)?,
         max_connections_per_ip: number("max_connections_per_ip", 0, 1_000_000)?,
         ring_events,
         ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
@@ -654,6 +662,8 @@ pub fn level_from_flag(text: &str) -> Option<log::LevelFilter> {
 pub struct Ceiling {
     pub rings: usize,
     pub subscribers: usize,
+    /// Buffers of streams that merge several rooms.
+    pub multi_streams: usize,
     pub pending_requests: usize,
     pub upstream: usize,
     pub fixed: usize,
@@ -661,7 +671,12 @@ pub struct Ceiling {
 
 impl Ceiling {
     pub fn total(&self) -> usize {
-        self.rings + self.subscribers + self.pending_requests + self.upstream + self.fixed
+        self.rings
+            + self.subscribers
+            + self.multi_streams
+            + self.pending_requests
+            + self.upstream
+            + self.fixed
     }
 }
 
@@ -671,20 +686,26 @@ pub const SUBSCRIBER_BYTES: usize = 1024;
 /// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
 pub const FIXED_BYTES: usize = 2 << 20;
 
-/// Largest SSE frame one stanza can produce: JSON escaping grows a byte to at most six.
+/// Largest SSE frame one stanza can produce. The stream parser admits only XML characters, so
+/// JSON escaping at most doubles a stanza byte (`"` → `\"`, LF → `\n`; a `&#9;` of four bytes
+/// becomes two).
 pub fn max_frame_bytes(max_stanza_bytes: usize) -> usize {
-    max_stanza_bytes * 6 + 128
+    max_stanza_bytes * 2 + 256
 }
 
 impl Config {
     /// Upper bound of the heap the configured tables can reach.
     pub fn ceiling(&self) -> Ceiling {
         let frame = max_frame_bytes(self.max_stanza_bytes);
-        let ring_slots = self.ring_events * 16;
+        // A slot, plus its event's id and origin strings.
+        let ring_slots =
+            self.ring_events * (std::mem::size_of::<Option<crate::rooms::ring::Entry>>() + 3 * 256);
         Ceiling {
-            // Each ring may go over its byte budget by one frame (the newest is always kept).
-            rings: self.max_rooms * (self.ring_bytes + frame + ring_slots + 256),
+            // Each ring may go over its byte budget by one frame (the newest is always kept),
+            // and each frame may have its multi-room twin.
+            rings: self.max_rooms * (2 * (self.ring_bytes + frame) + ring_slots + 512),
             subscribers: self.max_subscribers * SUBSCRIBER_BYTES,
+            multi_streams: self.max_multi_streams * (crate::http::multi::BUFFER + frame),
             pending_requests: self.max_pending_requests * (self.max_head_bytes + 1024),
             // Receive buffer, one parsed stanza tree (at most ~4× its text), send buffer.
             upstream: self.max_stanza_bytes * 6 + 64 * 1024,
@@ -711,6 +732,7 @@ impl Config {
             "max_pending_requests",
             self.max_pending_requests.to_string(),
         );
+        line("max_multi_streams", self.max_multi_streams.to_string());
         line(
             "max_subscribers_per_room",
             self.max_subscribers_per_room.to_string(),
@@ -785,11 +807,12 @@ impl Config {
             self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),
         );
         out.push_str(&format!(
-            "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + pending requests {} + upstream {} + process {}\n",
+            "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + multi-room streams {} + pending requests {} + upstream {} + process {}\n",
             c.total(),
             c.total() as f64 / (1024.0 * 1024.0),
             c.rings,
             c.subscribers,
+            c.multi_streams,
             c.pending_requests,
             c.upstream,
             c.fixed

@@ -375,3 +375,56 @@ fn several_rooms_on_one_stream_resume_every_room() {
         404
     );
 }
+
+#[test]
+fn resume_across_a_daemon_restart_right_after_it_starts() {
+    let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let config = Daemon::config_text(&prosody, &["lobby"], "history = 20");
+    let mut first = Daemon::spawn_raw(&config);
+    first.wait_ready(&["lobby"], T);
+    let mut sub = SseClient::connect(first.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send_groupchat("lobby", "one");
+    alice.send_groupchat("lobby", "two");
+    let seen = messages(&mut sub, 2);
+    assert_eq!(first.stop().code(), Some(0));
+    // The last event the client saw is the shutdown status: a named event whose id still
+    // leads back to the last message.
+    let last = sub.next_event(T).expect("shutdown status");
+    assert_eq!(last.event_type, "status");
+    assert!(
+        last.last_event_id.starts_with(&seen[1].last_event_id),
+        "{} / {}",
+        last.last_event_id,
+        seen[1].last_event_id
+    );
+    alice.send_groupchat("lobby", "three");
+    alice.wait_for("three", T);
+    // A new daemon on the same port; the client reconnects at once, before the room is joined.
+    let second = Daemon::spawn_raw(&config);
+    let deadline = std::time::Instant::now() + T;
+    let mut resumed = loop {
+        if std::net::TcpStream::connect(second.http).is_ok() {
+            break SseClient::connect(
+                second.http,
+                "/eventsource/lobby",
+                &[("Last-Event-ID", &last.last_event_id)],
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut got = Vec::new();
+    while let Some(e) = resumed.next_event(Duration::from_secs(3)) {
+        assert_ne!(e.event_type, "gap", "{e:?}");
+        if e.event_type == "message" {
+            got.push(body(&e));
+        }
+    }
+    assert_eq!(got, vec!["three"], "exactly the missed message, once");
+}

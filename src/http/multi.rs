@@ -24,7 +24,7 @@ use crate::rooms::table::{JoinState, Subscription, count};
 /// Rooms one stream may merge.
 pub const MAX_ROOMS: usize = 8;
 /// Bytes gathered for one write (one event may exceed it).
-const BUFFER: usize = 16 * 1024;
+pub const BUFFER: usize = 16 * 1024;
 
 fn encode(part: &str, out: &mut String) {
     for b in part.bytes() {
@@ -110,8 +110,8 @@ pub fn opening(
         follow.seq = match start {
             Start::Live => ring.head(),
             Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-            Start::After(id) => match ring.find_id(id) {
-                Some(seq) => seq + 1,
+            Start::After(id) => match ring.resume_point(id) {
+                Some(seq) => seq,
                 None => {
                     let json = Json::new()
                         .str("room", &room.node)
@@ -129,7 +129,7 @@ pub fn opening(
             },
         };
         follow.last_id = match start {
-            Start::After(id) if ring.find_id(id).is_some() => id.clone(),
+            Start::After(id) if ring.resume_point(id).is_some() => id.clone(),
             _ => follow
                 .seq
                 .checked_sub(1)

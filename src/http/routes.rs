@@ -50,6 +50,8 @@ pub enum Route {
         mask: u8,
         head: String,
     },
+    /// A room is still being joined: ask again shortly, and send this reply if it still is.
+    NotReady(Reply),
     /// Send this complete response and close.
     Reply(Reply),
 }
@@ -202,7 +204,14 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         return reply(Reply::text(200, body));
     }
     if head.path == "/eventsource" {
-        return multi(head, table, config, &cors).unwrap_or_else(reply);
+        return match multi(head, table, config, &cors) {
+            Ok(route) => route,
+            Err(r) if r.status == 200 && r.content_type == "text/event-stream" => {
+                Route::NotReady(r)
+            }
+            Err(r) if r.status == 503 => Route::NotReady(r),
+            Err(r) => reply(r),
+        };
     }
     let Some(encoded) = head.path.strip_prefix("/eventsource/") else {
         return reply(Reply::text(
@@ -227,7 +236,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             return reply(Reply::text(403, format!("{why}\n")));
         }
         Access::NotYetKnown => {
-            return reply(try_later(head, &cors, "the room is being joined", 5));
+            return Route::NotReady(try_later(head, &cors, "the room is being joined", 5));
         }
     }
     if let JoinState::Gone(why) = room.state() {
@@ -364,7 +373,7 @@ mod tests {
     fn status(req: &str) -> u16 {
         match answer(req) {
             Route::Stream { .. } | Route::Multi { .. } => 200,
-            Route::Reply(r) => r.status,
+            Route::Reply(r) | Route::NotReady(r) => r.status,
         }
     }
 
@@ -468,8 +477,8 @@ mod tests {
         let sse = parse(b"GET /eventsource/lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
             .unwrap()
             .unwrap();
-        let Route::Reply(r) = route(&sse, &t, &config()) else {
-            panic!("not a reply")
+        let Route::NotReady(r) = route(&sse, &t, &config()) else {
+            panic!("not a not-ready reply")
         };
         assert_eq!((r.status, r.content_type), (200, "text/event-stream"));
         let body = String::from_utf8(r.body).unwrap();
@@ -477,8 +486,8 @@ mod tests {
         let curl = parse(b"GET /eventsource/lobby HTTP/1.1\r\n\r\n")
             .unwrap()
             .unwrap();
-        let Route::Reply(r) = route(&curl, &t, &config()) else {
-            panic!("not a reply")
+        let Route::NotReady(r) = route(&curl, &t, &config()) else {
+            panic!("not a not-ready reply")
         };
         assert_eq!(r.status, 503);
         assert!(r.headers.contains("Retry-After: 5\r\n"));

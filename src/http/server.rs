@@ -31,6 +31,8 @@ pub struct Server {
     pub table: &'static RoomTable,
     pub shutdown: &'static Shutdown,
     pending: Cell<usize>,
+    /// Multi-room streams open.
+    multi_streams: Cell<usize>,
     /// Open connections per client address (only with `max_connections_per_ip`).
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// When the last rate-limited warning was logged.
@@ -73,6 +75,7 @@ impl Server {
             table,
             shutdown,
             pending: Cell::new(0),
+            multi_streams: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             last_warning: Cell::new(None),
             suppressed: Cell::new(0),
@@ -179,7 +182,7 @@ impl Drop for PerIp {
     }
 }
 
-/// Counts a connection as pending until dropped.
+/// Counts one of something (pending connections, multi-room streams) until dropped.
 struct Pending<'a>(&'a Cell<usize>);
 
 impl<'a> Pending<'a> {
@@ -224,8 +227,19 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
         }
         Err(Some(Err(_))) => return,
     };
-    match routes::route(&head, server.table, config) {
-        Route::Reply(reply) => {
+    // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
+    // than turn the client away at once.
+    let deadline = Instant::now() + SYNC_WAIT;
+    let mut route = routes::route(&head, server.table, config);
+    while matches!(route, Route::NotReady(_))
+        && Instant::now() < deadline
+        && !server.shutdown.requested()
+    {
+        Timer::after(Duration::from_millis(50)).await;
+        route = routes::route(&head, server.table, config);
+    }
+    match route {
+        Route::Reply(reply) | Route::NotReady(reply) => {
             log::debug!(
                 "{peer}: {:?} {} -> {}",
                 head.method,
@@ -240,6 +254,9 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             mask,
             head: stream_head,
         } => {
+            if !resumable(server, &socket, &head, &[room], &start).await {
+                return;
+            }
             let Some(sub) = server.table.subscribe(room) else {
                 table_full(server, &socket, &head, peer).await;
                 return;
@@ -268,6 +285,21 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             mask,
             head: stream_head,
         } => {
+            if server.multi_streams.get() >= config.max_multi_streams {
+                count(&server.table.stats().rejected_full, 1);
+                server.warn_limited(&format!(
+                    "{} multi-room streams open: refusing {peer}; raise max_multi_streams",
+                    server.multi_streams.get()
+                ));
+                let cors = super::access::cors(config, head.origin.as_deref());
+                let reply = routes::try_later(&head, &cors, "too many multi-room streams", 10);
+                send(&socket, &reply.to_bytes()).await;
+                return;
+            }
+            if !resumable(server, &socket, &head, &rooms, &start).await {
+                return;
+            }
+            let _multi = Pending::new(&server.multi_streams);
             let mut follows = Vec::with_capacity(rooms.len());
             for &room in &rooms {
                 let Some(sub) = server.table.subscribe(room) else {
@@ -296,6 +328,37 @@ async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: Soc
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
     }
+}
+
+/// How long a resuming client may wait for its rooms to finish joining.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// A client resuming with `Last-Event-ID` needs its rooms' rings complete (joined, history
+/// replayed), or it would be told of a gap and then get history twice. Waits for that a
+/// little; if the rooms are still joining (the upstream may be down), answers "try later"
+/// (`false`) so the client comes back with the same id.
+async fn resumable(
+    server: &Server,
+    socket: &Async<TcpStream>,
+    head: &Head,
+    rooms: &[usize],
+    start: &routes::Start,
+) -> bool {
+    if !matches!(start, routes::Start::After(_)) {
+        return true;
+    }
+    let synced = || rooms.iter().all(|&r| server.table.room(r).synced());
+    let deadline = Instant::now() + SYNC_WAIT / 2;
+    while !synced() && Instant::now() < deadline && !server.shutdown.requested() {
+        Timer::after(Duration::from_millis(50)).await;
+    }
+    if synced() {
+        return true;
+    }
+    let cors = super::access::cors(server.config, head.origin.as_deref());
+    let reply = routes::try_later(head, &cors, "the room is being joined", 5);
+    send(socket, &reply.to_bytes()).await;
+    false
 }
 
 /// The subscriber table is full: count it, say so (at most every 10 s), and answer so that a

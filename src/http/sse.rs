@@ -140,8 +140,8 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
     let seq = match start {
         Start::Live => ring.head(),
         Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-        Start::After(id) => match ring.find_id(id) {
-            Some(seq) => seq + 1,
+        Start::After(id) => match ring.resume_point(id) {
+            Some(seq) => seq,
             None => {
                 let json = Json::new()
                     .str("lastEventId", id)

@@ -29,6 +29,9 @@ pub struct Feed {
     last_live: Option<String>,
     /// Ring sequence the next replayed history message is matched from.
     history_from: u64,
+    /// Id of the last message published, and named events published since (for their ids).
+    last_message_id: String,
+    since_message: u32,
 }
 
 /// Identity of a message for de-duplication.
@@ -80,6 +83,8 @@ impl Feed {
         table.room(room).info.borrow_mut().last_message = Some(SystemTime::now());
         let seq = table.publish(room, |seq| {
             let id = room_id.map_or_else(|| table.mint_id(seq), str::to_string);
+            self.last_message_id = id.clone();
+            self.since_message = 0;
             let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
             entry.key = key;
             entry.origin = origin_id.map(|o| (o.into(), nick.unwrap_or("").into()));
@@ -111,7 +116,7 @@ impl Feed {
             .str("subject", subject)
             .opt("nick", nick)
             .finish();
-        Some(publish_typed(table, room, kind::SUBJECT, "subject", &json))
+        Some(self.publish_typed(table, room, kind::SUBJECT, "subject", &json))
     }
 
     /// Our standing with the room changed: an `event: status` when it differs from the last.
@@ -130,7 +135,7 @@ impl Feed {
             .str("status", status)
             .opt("reason", reason)
             .finish();
-        Some(publish_typed(table, room, kind::STATUS, "status", &json))
+        Some(self.publish_typed(table, room, kind::STATUS, "status", &json))
     }
 
     /// XEP-0308: `nick` replaced its message whose stanza `id` was `replaces` with `body`.
@@ -157,7 +162,7 @@ impl Feed {
             .opt("nick", nick)
             .str("body", body)
             .finish();
-        publish_typed(table, room, kind::CORRECTION, "correction", &json)
+        self.publish_typed(table, room, kind::CORRECTION, "correction", &json)
     }
 
     /// XEP-0424/0425: the message whose event id (the room's stanza-id) is `target` was
@@ -188,22 +193,16 @@ impl Feed {
             .bool("moderated", moderated)
             .opt("reason", reason)
             .finish();
-        Some(publish_typed(
-            table,
-            room,
-            kind::RETRACTION,
-            "retraction",
-            &json,
-        ))
+        Some(self.publish_typed(table, room, kind::RETRACTION, "retraction", &json))
     }
 
     /// Another occupant joined (`joined`) or left the room.
     pub fn occupant(&mut self, table: &RoomTable, room: usize, nick: &str, joined: bool) -> u64 {
         let json = Json::new().str("nick", nick).finish();
         if joined {
-            publish_typed(table, room, kind::JOIN, "join", &json)
+            self.publish_typed(table, room, kind::JOIN, "join", &json)
         } else {
-            publish_typed(table, room, kind::LEAVE, "leave", &json)
+            self.publish_typed(table, room, kind::LEAVE, "leave", &json)
         }
     }
 
@@ -212,11 +211,24 @@ impl Feed {
     }
 }
 
-fn publish_typed(table: &RoomTable, room: usize, kind: u8, event_type: &str, json: &[u8]) -> u64 {
-    table.publish(room, |seq| {
-        let id = table.mint_id(seq);
-        Entry::new(frame::event(Some(event_type), &id, json), id, kind)
-    })
+impl Feed {
+    /// Publishes a named event. Its id is the last message's id, `~`, and a count
+    /// (`<stanza-id>~2`): a client resuming from it after our restart, when this run's events
+    /// are gone, resumes after that message, which the room's history brings back.
+    fn publish_typed(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        kind: u8,
+        event_type: &str,
+        json: &[u8],
+    ) -> u64 {
+        self.since_message += 1;
+        let id = format!("{}~{}", self.last_message_id, self.since_message);
+        table.publish(room, |_| {
+            Entry::new(frame::event(Some(event_type), &id, json), id.as_str(), kind)
+        })
+    }
 }
 
 /// A groupchat message with a body, as the feed needs it.

@@ -192,6 +192,23 @@ impl Ring {
         self.slots[(seq % self.slots.len() as u64) as usize].as_ref()
     }
 
+    /// Where a client that last had event `id` resumes: after that event; or, for a named
+    /// event's id (`<message id>~<n>`) from an earlier run, after that message (`<empty>~<n>`:
+    /// from the oldest held). `None`: not held (the caller reports a gap).
+    pub fn resume_point(&self, id: &str) -> Option<u64> {
+        if let Some(seq) = self.find_id(id) {
+            return Some(seq + 1);
+        }
+        let (base, n) = id.rsplit_once('~')?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if base.is_empty() {
+            return Some(self.oldest());
+        }
+        self.find_id(base).map(|seq| seq + 1)
+    }
+
     /// Sequence number of the held event whose id is `id` (newest first).
     pub fn find_id(&self, id: &str) -> Option<u64> {
         (self.oldest()..self.head)
@@ -222,6 +239,15 @@ mod tests {
         assert_eq!(r.bytes(), 3 + 4 + 5);
         assert_eq!(r.find_id("id4"), Some(3));
         assert_eq!(r.find_id("id1"), None);
+        assert_eq!(r.resume_point("id4"), Some(4));
+        assert_eq!(r.resume_point("id4~2"), Some(4), "a named event after id4");
+        assert_eq!(
+            r.resume_point("~3"),
+            Some(2),
+            "named events before any message"
+        );
+        assert_eq!(r.resume_point("id1~1"), None);
+        assert_eq!(r.resume_point("id4~x"), None);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Room {
     subscribers: Cell<usize>,
     /// What the room told us about itself (disco#info), its subject and occupants.
     pub info: RefCell<RoomInfo>,
+    /// The join sequence is complete (history replayed, subject received): the ring holds what
+    /// a resuming client may ask for.
+    synced: Cell<bool>,
 }
 
 /// Facts about a room for pages, metrics and access control; written by the XMPP side.
@@ -67,6 +70,17 @@ impl Room {
 
     pub fn subscribers(&self) -> usize {
         self.subscribers.get()
+    }
+
+    /// See [`Room::set_synced`].
+    pub fn synced(&self) -> bool {
+        self.synced.get()
+    }
+
+    /// Set when the join sequence ends (the subject arrives), cleared when the link or the
+    /// membership is lost.
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.set(synced);
     }
 }
 
@@ -158,6 +172,7 @@ impl RoomTable {
                 first: Cell::new(NONE),
                 subscribers: Cell::new(0),
                 info: RefCell::new(RoomInfo::default()),
+                synced: Cell::new(false),
             })
             .collect();
         let slots = (0..max_subscribers)

@@ -100,6 +100,7 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
                 }
                 link.phase = Phase::Checking;
                 link.occupants.clear();
+                table.room(index).set_synced(false);
                 link.feed.status(table, index, status, Some(&reason));
             }
         }
@@ -605,6 +606,9 @@ async fn handle(
             replaces,
         } => {
             if let Some(index) = room_of(room) {
+                if delay.is_none() {
+                    table.room(index).set_synced(true);
+                }
                 let feed = &mut links[index].feed;
                 let seq = match replaces {
                     Some(replaces) => Some(feed.correction(table, index, nick, body, replaces)),
@@ -665,6 +669,8 @@ async fn handle(
         } => {
             if let Some(index) = room_of(room) {
                 links[index].feed.subject(table, index, nick, subject);
+                // The subject ends the join sequence: history, if any, is in the ring now.
+                table.room(index).set_synced(true);
             }
         }
         MucEvent::Joined { room, nick } => {

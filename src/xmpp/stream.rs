@@ -382,7 +382,18 @@ impl Element {
     }
 }
 
+/// Whether every character is an XML 1.0 `Char`: no C0 controls but tab, LF and CR, no
+/// U+FFFE/U+FFFF (Rust `char`s are never surrogates). This also bounds JSON escaping of text
+/// to two bytes per stanza byte.
+fn xml_chars(text: &str) -> bool {
+    text.chars()
+        .all(|c| matches!(c, '\t' | '\n' | '\r' | ' '..='\u{fffd}' | '\u{10000}'..))
+}
+
 fn push_text(stack: &mut [Element], text: &str) -> Result<(), StreamError> {
+    if !xml_chars(text) {
+        return error("a character XML does not allow (a control character)");
+    }
     match stack.last_mut() {
         Some(e) => {
             e.text.push_str(text);
@@ -406,6 +417,11 @@ fn open(
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| StreamError(format!("attribute `{key}`: {e}")))?
             .into_owned();
+        if !xml_chars(&value) {
+            return error(format!(
+                "attribute `{key}` holds a character XML does not allow"
+            ));
+        }
         attrs.push((key, value));
     }
     let find = |key: &str, attrs: &[(String, String)]| {
@@ -571,6 +587,9 @@ mod tests {
         let big = format!("<m>{}", "x".repeat(5000));
         assert!(first_error(big.as_bytes(), 4096).contains("max_stanza_bytes"));
         assert_eq!(first_error(b"<m>&#x1F389;&amp;</m>  ", 4096), "no error");
+        assert!(first_error(b"<m>a\x01b</m>", 4096).contains("control"));
+        assert!(first_error(b"<m>&#1;</m>", 4096).contains("control"));
+        assert!(first_error(b"<m a='&#x1b;'/>", 4096).contains("does not allow"));
     }
 
     #[test]

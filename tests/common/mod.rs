@@ -13,7 +13,9 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod daemon;
+pub mod fake_upstream;
 pub mod json;
 pub mod prosody;
 pub mod sse;

@@ -98,11 +98,12 @@
     var time = d.createElement('time');
     var now = new Date();
     if (Date.now() >= burstUntil) {
-      // Sent now. What arrives right after (re)connecting was sent earlier, at a time the
-      // stream does not carry: better no time than a wrong one.
       time.dateTime = now.toISOString();
       time.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     } else {
+      // The burst that follows (re)connecting is history or what was missed, sent at times
+      // the stream does not carry: better no time than a wrong one.
+      burstUntil = Date.now() + 100;
       time.className = 'earlier';
       time.title = 'sent before this page connected';
     }
@@ -138,7 +139,7 @@
     es.onopen = function () {
       conn = 'live';
       retry = 2000;
-      burstUntil = Date.now() + 800;
+      burstUntil = Date.now() + 300;
       render();
     };
     es.onerror = function () {
