@@ -684,7 +684,7 @@ impl Ceiling {
 /// Measured with `--check-config` sizes plus the allocator's overhead; see docs.
 pub const SUBSCRIBER_BYTES: usize = 1024;
 /// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
-pub const FIXED_BYTES: usize = 2 << 20;
+pub const FIXED_BYTES: usize = 3 << 20;
 
 /// Largest SSE frame one stanza can produce. The stream parser admits only XML characters, so
 /// JSON escaping at most doubles a stanza byte (`"` → `\"`, LF → `\n`; a `&#9;` of four bytes

@@ -87,6 +87,7 @@
     while (log.childElementCount > MAX) {
       var old = log.firstElementChild;
       if (old.dataset.id) seen.delete(old.dataset.id);
+      if (old.dataset.orig) seen.delete(old.dataset.orig);
       log.removeChild(old);
     }
     if (stick) log.scrollTop = log.scrollHeight;
@@ -158,6 +159,12 @@
       var id = ownId(e), m = json(e);
       if (!m || typeof m.body !== 'string' || (id && seen.has(id))) return;
       append(message(m, id));
+      // Messages flow: whatever kept the room away is over (its `joined` may have left the ring).
+      if (status !== 'joined' && status !== 'destroyed' && status !== 'banned' && status) {
+        status = '';
+        reason = '';
+        render();
+      }
     };
     es.addEventListener('subject', function (e) {
       ownId(e);
@@ -188,8 +195,11 @@
         target.querySelector('.body').textContent = m.body;
         target.classList.add('edited');
       } else {
+        // The original is not on the page (sent before it connected): show the new text, and
+        // let a later retraction of the original find it.
         var row = message(m, id);
         row.classList.add('edited');
+        if (typeof m.id === 'string') { row.dataset.orig = m.id; seen.set(m.id, row); }
         append(row);
       }
     });
