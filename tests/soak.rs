@@ -73,7 +73,7 @@ fn soak() {
         poster.send_groupchat(["a", "b"][room], &format!("{n}"));
         sent[room] += 1;
         n += 1;
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             churn.push(SseClient::connect(
                 daemon.http,
                 "/eventsource/a?history=5",
@@ -96,7 +96,7 @@ fn soak() {
                 }
             }
         }
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             samples.push((t, rss_kib(pid)));
             println!("t={t:>4}s messages={n:>6} RSS={} KiB", rss_kib(pid));
         }

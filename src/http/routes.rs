@@ -196,13 +196,6 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             ..r
         })
     };
-    if head.path == "/" {
-        let mut body = String::from("muc-eventsource: rooms served as EventSource streams\n\n");
-        for room in table.rooms() {
-            body.push_str(&format!("/eventsource/{}\t{}\n", room.node, room.jid));
-        }
-        return reply(Reply::text(200, body));
-    }
     if head.path == "/eventsource" {
         return match multi(head, table, config, &cors) {
             Ok(route) => route,

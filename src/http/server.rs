@@ -135,10 +135,12 @@ pub async fn serve(
             ));
             continue;
         };
+        // Counted now, not when the task first runs: a burst of accepts must see the count grow.
+        let pending = Pending::new(&server.pending);
         executor
             .spawn(async move {
                 let _per_ip = per_ip;
-                connection(server, socket, peer).await;
+                connection(server, socket, peer, pending).await;
             })
             .detach();
     }
@@ -198,8 +200,12 @@ impl Drop for Pending<'_> {
     }
 }
 
-async fn connection(server: &'static Server, socket: Async<TcpStream>, peer: SocketAddr) {
-    let pending = Pending::new(&server.pending);
+async fn connection(
+    server: &'static Server,
+    socket: Async<TcpStream>,
+    peer: SocketAddr,
+    pending: Pending<'static>,
+) {
     let config = server.config;
     let head = future::or(read_head(&socket, config.max_head_bytes), async {
         Timer::after(config.header_timeout).await;

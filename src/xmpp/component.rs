@@ -310,8 +310,8 @@ async fn handshake(config: &Config, up: &mut Upstream, buf: &mut [u8]) -> Result
             }
             Err(End::Lost(format!("handshake refused: {condition}")))
         }
-        Parsed::Closed => Err(End::AuthRejected(
-            "stream closed during the handshake".into(),
+        Parsed::Closed => Err(End::Lost(
+            "the server closed the stream without answering the handshake".into(),
         )),
         Parsed::Open(_) => Err(End::Lost("second stream header".into())),
     }

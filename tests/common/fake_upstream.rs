@@ -470,6 +470,22 @@ fn element_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// The memory ceiling `muc-eventsource --config <config> --check-config` prints, in bytes.
+pub fn check_config_ceiling(config: &std::path::Path) -> u64 {
+    let out = std::process::Command::new(super::daemon::bin())
+        .arg("--config")
+        .arg(config)
+        .arg("--check-config")
+        .output()
+        .expect("run --check-config");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("# memory ceiling: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no memory ceiling in --check-config output:\n{text}"))
+}
+
 /// `VmHWM` (peak resident set) of process `pid`, in KiB, from `/proc/<pid>/status`.
 pub fn vm_hwm_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM:")

@@ -1,0 +1,268 @@
+//! Slow subscribers against a real Prosody: 100 subscribers that never read (tiny receive
+//! buffers, so they fill fast) next to 200 that read continuously, while a real XMPP user
+//! posts 500 messages of ~200 bytes as fast as it can.
+//!
+//! Every fast subscriber must get every message, in order (zero loss); the stalled ones must
+//! be dropped once they fall more than the ring (`ring_events`) behind; and the daemon's
+//! resident memory must stay below the ceiling `--check-config` prints for that config.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
+use common::json::Json;
+use common::prosody::Prosody;
+use common::sse::{SseClient, SseParser};
+use common::xmpp::XmppClient;
+
+const STALLED: usize = 100;
+const FAST: usize = 200;
+const MESSAGES: usize = 500;
+const BODY_BYTES: usize = 200;
+/// Receive buffer asked for on the stalled subscribers: the kernel raises it to its minimum
+/// (about 4.5 KiB), so their window closes after a few segments.
+const STALLED_RCVBUF: i32 = 1;
+/// Maximum segment size of the stalled subscribers' connections. Measured on Linux 6 with BBR:
+/// a stalled subscriber then holds about 14 KB (58 events) before the daemon's writes block,
+/// against ~170 KB with the defaults (which would swallow this whole test's 135 KB stream).
+const STALLED_MSS: i32 = 384;
+
+// Linux socket FFI (std offers no way to set socket options before `connect`).
+const AF_INET: i32 = 2;
+const SOCK_STREAM_CLOEXEC: i32 = 1 | 0o2000000;
+const SOL_SOCKET: i32 = 1;
+const SO_RCVBUF: i32 = 8;
+const IPPROTO_TCP: i32 = 6;
+const TCP_MAXSEG: i32 = 2;
+
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    /// Network byte order.
+    port: u16,
+    /// Network byte order.
+    addr: u32,
+    zero: [u8; 8],
+}
+
+unsafe extern "C" {
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
+    fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+    fn close(fd: i32) -> i32;
+}
+
+/// A TCP connection to `addr` whose receive buffer (`SO_RCVBUF`) and maximum segment size
+/// (`TCP_MAXSEG`) are set before the handshake, like a client on a slow, small-MTU link: the
+/// small MSS also keeps the daemon's send buffer from auto-tuning to the hundreds of KiB a
+/// loopback (64 KiB MSS) connection gets, so a reader that stops fills both ends quickly.
+fn slow_link(addr: std::net::SocketAddr, rcvbuf: i32, mss: i32) -> TcpStream {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}");
+    };
+    let sa = SockaddrIn {
+        family: AF_INET as u16,
+        port: v4.port().to_be(),
+        addr: u32::from(*v4.ip()).to_be(),
+        zero: [0; 8],
+    };
+    // SAFETY: plain socket syscalls on a descriptor this function owns until it is handed to
+    // `TcpStream` (or closed on error); every pointer refers to a live local of the stated size.
+    unsafe {
+        let fd = socket(AF_INET, SOCK_STREAM_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let ok = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, 4) == 0
+            && setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, 4) == 0
+            && connect(fd, &sa, std::mem::size_of::<SockaddrIn>() as u32) == 0;
+        if !ok {
+            let e = std::io::Error::last_os_error();
+            close(fd);
+            panic!("slow_link to {addr}: {e}");
+        }
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Connects, shrinks the receive buffer, sends the request and reads only the response head
+/// (to know the subscription exists); the body is never read.
+fn stalled_subscriber(daemon: &Daemon) -> TcpStream {
+    let mut s = slow_link(daemon.http, STALLED_RCVBUF, STALLED_MSS);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /eventsource/lobby HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "stalled subscriber: no response head ({other:?}): {:?}\n{}",
+                String::from_utf8_lossy(&head),
+                daemon.log_tail_block()
+            ),
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+fn message_body(data: &str) -> String {
+    Json::parse(data)
+        .ok()
+        .and_then(|j| j.get("body").and_then(Json::as_str).map(String::from))
+        .unwrap_or_default()
+}
+
+fn body_text(i: usize) -> String {
+    let head = format!("msg {i:04} ");
+    format!("{head}{}", "x".repeat(BODY_BYTES - head.len()))
+}
+
+#[test]
+fn stalled_subscribers_are_dropped_fast_ones_lose_nothing_memory_stays_bounded() {
+    let started = Instant::now();
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    prosody.register("alice", "pw");
+    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
+    alice.join("lobby", "alice");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
+    let pid = daemon.pid();
+    let ceiling = check_config_ceiling(daemon.config_path());
+
+    let stalled: Vec<TcpStream> = (0..STALLED).map(|_| stalled_subscriber(&daemon)).collect();
+    let fast: Vec<SseClient> = (0..FAST)
+        .map(|_| {
+            let c = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+            assert_eq!(c.status(), 200, "{}", daemon.log_tail_block());
+            c
+        })
+        .collect();
+    let subscribed_at = Instant::now();
+    let readers: Vec<_> = fast
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut bodies = Vec::with_capacity(MESSAGES);
+                while bodies.len() < MESSAGES {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match c.next_event(left) {
+                        Some(e) if e.event_type == "message" => bodies.push(message_body(&e.data)),
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                (bodies, c.is_closed())
+            })
+        })
+        .collect();
+
+    let sending = Instant::now();
+    for i in 0..MESSAGES {
+        alice.send_groupchat("lobby", &body_text(i));
+    }
+    let sent_in = sending.elapsed();
+
+    let expected: Vec<String> = (0..MESSAGES).map(body_text).collect();
+    let mut complete = 0;
+    for (n, reader) in readers.into_iter().enumerate() {
+        let (bodies, closed) = reader.join().expect("reader thread");
+        if bodies != expected {
+            let first_bad = bodies
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(bodies.len());
+            panic!(
+                "fast subscriber {n}: {} of {MESSAGES} messages (closed: {closed}), first missing or out of order at #{first_bad}: {:?}\n{}",
+                bodies.len(),
+                bodies.get(first_bad).map(|b| &b[..9]),
+                daemon.log_tail_block()
+            );
+        }
+        complete += 1;
+    }
+    let delivered_in = sending.elapsed();
+
+    // The stalled ones fell behind and were dropped.
+    let needle = "fell more than the ring behind";
+    let dropped_ok = daemon.wait_log_count(needle, STALLED, Duration::from_secs(10));
+    let dropped = daemon.log_count(needle);
+    // VmHWM is the peak resident set over the daemon's whole life, this burst included.
+    let hwm = vm_hwm_kib(pid);
+    let rss = vm_rss_kib(pid);
+    eprintln!(
+        "{complete} fast subscribers got all {MESSAGES} messages; sent in {sent_in:?}, delivered in {delivered_in:?}; \
+         {dropped} stalled dropped; VmRSS {rss} KiB, peak (VmHWM) {hwm} KiB, ceiling {} KiB; setup took {:?}",
+        ceiling / 1024,
+        subscribed_at - started
+    );
+    assert!(
+        dropped_ok,
+        "only {dropped} of {STALLED} stalled subscribers were dropped\n{}",
+        daemon.log_tail_block()
+    );
+    assert_eq!(dropped, STALLED, "no fast subscriber was dropped");
+    // A dropped subscriber's connection is closed: drained, its socket reaches EOF, and what
+    // it got is a clean, in-order prefix of the messages.
+    for (n, mut s) in stalled.into_iter().enumerate().take(5) {
+        let mut parser = SseParser::new();
+        let mut got: Vec<String> = Vec::new();
+        let mut bytes = 0usize;
+        let mut eof = false;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut chunk = vec![0u8; 1 << 16];
+        while Instant::now() < deadline {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            match s.read(&mut chunk) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => {
+                    bytes += k;
+                    got.extend(
+                        parser
+                            .feed(&chunk[..k])
+                            .into_iter()
+                            .filter(|e| e.event_type == "message")
+                            .map(|e| message_body(&e.data)),
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    eof = true;
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(eof, "stalled subscriber {n}: its connection is closed");
+        assert!(
+            got.len() < MESSAGES && got[..] == expected[..got.len()],
+            "stalled subscriber {n}: {} messages, not a strict in-order prefix",
+            got.len()
+        );
+        if n == 0 {
+            eprintln!(
+                "a stalled subscriber held {bytes} bytes ({} messages) when it was dropped",
+                got.len()
+            );
+        }
+    }
+    assert!(
+        hwm * 1024 < ceiling,
+        "peak RSS {hwm} KiB is above the --check-config ceiling {} KiB",
+        ceiling / 1024
+    );
+}
