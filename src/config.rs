@@ -30,6 +30,14 @@ pub struct Config {
     pub muc: String,
     /// Room nodes to watch (`lobby` for `lobby@conference.example.org`).
     pub rooms: Vec<String>,
+    /// `rooms` held `*`: every public room of the MUC service, found by disco#items.
+    pub all_rooms: bool,
+    /// Any existing room is joined when a subscriber first asks for it.
+    pub on_demand: bool,
+    /// How long an on-demand room is kept joined after its last subscriber left.
+    pub on_demand_grace: Duration,
+    /// How often the MUC service's room list is fetched (`rooms = *`).
+    pub discover_every: Duration,
     /// Nickname used in every room.
     pub nick: String,
     /// HTTP listen address.
@@ -278,6 +286,21 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         Some("8"),
         "streams merging several rooms (/eventsource?room=a&room=b)",
     ),
+    (
+        "on_demand",
+        Some("no"),
+        "yes: any existing room is joined when first asked for",
+    ),
+    (
+        "on_demand_grace_secs",
+        Some("300"),
+        "an on-demand room is left this long after its last subscriber",
+    ),
+    (
+        "discover_secs",
+        Some("300"),
+        "how often `rooms = *` fetches the room list",
+    ),
 ];
 
 /// Parses configuration text. `file` is only used in error messages.
@@ -448,23 +471,41 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
     }
     let (rooms_text, rooms_line) = get("rooms")?;
     let mut rooms: Vec<String> = Vec::new();
+    let mut all_rooms = false;
     for room in rooms_text
         .split(',')
         .map(str::trim)
         .filter(|r| !r.is_empty())
     {
+        if room == "*" {
+            all_rooms = true;
+            continue;
+        }
         if let Err(why) = check_room_node(room) {
             return Err(fail("rooms", rooms_line, format!("room `{room}`: {why}")));
         }
-        if !rooms.iter().any(|r| r == room) {
-            rooms.push(room.to_string());
+        let room = room.to_lowercase();
+        if !rooms.contains(&room) {
+            rooms.push(room);
         }
     }
-    if rooms.is_empty() {
+    let (on_demand_text, on_demand_line) = get("on_demand")?;
+    let on_demand = match on_demand_text.as_str() {
+        "yes" | "true" => true,
+        "no" | "false" => false,
+        other => {
+            return Err(fail(
+                "on_demand",
+                on_demand_line,
+                format!("expected yes or no, found `{other}`"),
+            ));
+        }
+    };
+    if rooms.is_empty() && !all_rooms && !on_demand {
         return Err(fail(
             "rooms",
             rooms_line,
-            "expected at least one room node, e.g. `rooms = lobby, news`".into(),
+            "expected room nodes (`rooms = lobby, news`), `*` for every public room, or `on_demand = yes`".into(),
         ));
     }
     let (nick, nick_line) = get("nick")?;
@@ -492,7 +533,9 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         )
     })?;
     let max_rooms_given = number("max_rooms", 0, 4096)?;
-    let max_rooms = if max_rooms_given == 0 {
+    let max_rooms = if max_rooms_given == 0 && (all_rooms || on_demand) {
+        rooms.len().max(64)
+    } else if max_rooms_given == 0 {
         rooms.len()
     } else {
         max_rooms_given
@@ -569,6 +612,10 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         upstream,
         muc,
         rooms,
+        all_rooms,
+        on_demand,
+        on_demand_grace: secs(number("on_demand_grace_secs", 0, 86400)?),
+        discover_every: secs(number("discover_secs", 10, 86400)?),
         nick,
         listen,
         log_level,
@@ -722,7 +769,20 @@ impl Config {
         line("secret", format!("<{} bytes, hidden>", self.secret.len()));
         line("upstream", self.upstream.clone());
         line("muc", self.muc.clone());
-        line("rooms", self.rooms.join(", "));
+        let mut rooms = self.rooms.clone();
+        if self.all_rooms {
+            rooms.push("*".into());
+        }
+        line("rooms", rooms.join(", "));
+        line(
+            "on_demand",
+            if self.on_demand { "yes" } else { "no" }.into(),
+        );
+        line(
+            "on_demand_grace_secs",
+            self.on_demand_grace.as_secs().to_string(),
+        );
+        line("discover_secs", self.discover_every.as_secs().to_string());
         line("nick", self.nick.clone());
         line("listen", self.listen.to_string());
         line("log_level", self.log_level.to_string().to_lowercase());

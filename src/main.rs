@@ -10,7 +10,7 @@ use futures_lite::{StreamExt, future};
 use muc_eventsource::config::{self, Config};
 use muc_eventsource::http::server::{self, Server};
 use muc_eventsource::http::sse;
-use muc_eventsource::rooms::table::RoomTable;
+use muc_eventsource::rooms::table::{Origin, RoomTable};
 use muc_eventsource::shutdown::Shutdown;
 use muc_eventsource::xmpp::component::{self, Fatal};
 use muc_eventsource::{logger, notify};
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
 fn run(config: Config) -> Result<(), u8> {
     // Everything below lives as long as the process; leaking makes it `'static` for the tasks.
     let config: &'static Config = Box::leak(Box::new(config));
-    let mut table = RoomTable::new(
+    let table = RoomTable::new(
         config.max_rooms,
         config.ring_events,
         config.ring_bytes,
@@ -132,7 +132,7 @@ fn run(config: Config) -> Result<(), u8> {
     );
     for room in &config.rooms {
         table
-            .add(room, &config.muc)
+            .add(room, &config.muc, Origin::Configured)
             .expect("max_rooms >= rooms is validated");
     }
     table.set_room_cap(config.max_subscribers_per_room);

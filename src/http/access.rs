@@ -30,7 +30,7 @@ fn presented(head: &Head) -> Option<String> {
 
 /// May this request read this room's stream?
 pub fn check(config: &Config, room: &Room, head: &Head) -> Access {
-    if let Some(needed) = config.token_for(&room.node) {
+    if let Some(needed) = config.token_for(&room.node()) {
         // A token opens the room whatever its disco#info says: the operator chose to share it.
         return match presented(head) {
             Some(token) if same_secret(token.as_bytes(), needed.as_bytes()) => Access::Allow,
@@ -79,9 +79,9 @@ mod tests {
     fn setup(extra: &str) -> (Config, RoomTable) {
         let text = format!("component = s.l\nsecret = x\nmuc = c.l\nrooms = open, closed\n{extra}");
         let config = config::parse("t", &text).unwrap();
-        let mut table = RoomTable::new(2, 4, 4096, 4);
-        table.add("open", "c.l");
-        table.add("closed", "c.l");
+        let table = RoomTable::new(2, 4, 4096, 4);
+        table.add("open", "c.l", crate::rooms::table::Origin::Configured);
+        table.add("closed", "c.l", crate::rooms::table::Origin::Configured);
         {
             let mut info = table.room(0).info.borrow_mut();
             info.known = true;

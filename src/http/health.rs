@@ -11,14 +11,18 @@ pub fn check(table: &RoomTable) -> Result<(), String> {
     if !table.stats().upstream_up.get() {
         problems.push("upstream link down".to_string());
     }
-    for room in table.rooms() {
+    for (_, room) in table.active() {
+        // An on-demand room is joined only while someone reads it.
+        if room.origin() == crate::rooms::table::Origin::OnDemand {
+            continue;
+        }
         let state = match room.state() {
             JoinState::Joined => continue,
             JoinState::Joining => "joining".to_string(),
             JoinState::Failed(why) => format!("failed ({why})"),
             JoinState::Gone(why) => format!("gone ({why})"),
         };
-        problems.push(format!("room {}: {state}", room.node));
+        problems.push(format!("room {}: {state}", room.node()));
     }
     if problems.is_empty() {
         Ok(())
@@ -42,9 +46,17 @@ mod tests {
 
     #[test]
     fn healthy_only_with_the_link_up_and_every_room_joined() {
-        let mut t = RoomTable::new(2, 4, 4096, 4);
-        t.add("lobby", "conference.localhost");
-        t.add("news", "conference.localhost");
+        let t = RoomTable::new(2, 4, 4096, 4);
+        t.add(
+            "lobby",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
+        t.add(
+            "news",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
         assert_eq!(
             check(&t),
             Err("upstream link down; room lobby: joining; room news: joining".into())

@@ -36,16 +36,15 @@ pub fn render(table: &RoomTable) -> String {
         "rooms",
         "Rooms configured.",
         "gauge",
-        table.rooms().len() as u64,
+        table.active().count() as u64,
     );
     out.single(
         "rooms_joined",
         "Rooms currently joined.",
         "gauge",
         table
-            .rooms()
-            .iter()
-            .filter(|r| r.state() == JoinState::Joined)
+            .active()
+            .filter(|(_, r)| r.state() == JoinState::Joined)
             .count() as u64,
     );
     out.family(
@@ -53,19 +52,19 @@ pub fn render(table: &RoomTable) -> String {
         "1 when the room is joined, per room.",
         "gauge",
     );
-    for room in table.rooms() {
+    for (_, room) in table.active() {
         let joined = u64::from(room.state() == JoinState::Joined);
-        out.sample("room_joined", &[("room", &room.node)], joined);
+        out.sample("room_joined", &[("room", &room.node())], joined);
     }
     out.family(
         "subscribers",
         "Event-stream subscribers connected, per room.",
         "gauge",
     );
-    for room in table.rooms() {
+    for (_, room) in table.active() {
         out.sample(
             "subscribers",
-            &[("room", &room.node)],
+            &[("room", &room.node())],
             room.subscribers() as u64,
         );
     }
@@ -183,9 +182,17 @@ mod tests {
 
     #[test]
     fn renders_every_counter_with_help_and_type() {
-        let mut t = RoomTable::new(2, 4, 4096, 4);
-        t.add("lobby", "conference.localhost");
-        t.add("we\\ird\"room", "conference.localhost");
+        let t = RoomTable::new(2, 4, 4096, 4);
+        t.add(
+            "lobby",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
+        t.add(
+            "we\\ird\"room",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
         let s = t.stats();
         s.upstream_up.set(true);
         count(&s.reconnects, 2);

@@ -114,7 +114,7 @@ pub fn opening(
                 Some(seq) => seq,
                 None => {
                     let json = Json::new()
-                        .str("room", &room.node)
+                        .str("room", &room.node())
                         .str("lastEventId", id)
                         .str(
                             "reason",
@@ -168,13 +168,15 @@ fn fill(follows: &mut [Follow<'_>], mask: u8, buf: &mut Vec<u8>) -> Result<(), (
             let ring = room.ring();
             let entry = ring.entry(follows[i].seq).expect("chosen above");
             follows[i].last_id = entry.id.to_string();
-            entry.multi_frame(&room.node)
+            entry.multi_frame(&room.node())
         };
         follows[i].seq += 1;
+        let nodes: Vec<_> = follows.iter().map(|f| f.sub.room().node()).collect();
         let id = composite(
-            follows
+            nodes
                 .iter()
-                .map(|f| (f.sub.room().node.as_str(), f.last_id.as_str())),
+                .zip(follows.iter())
+                .map(|(node, f)| (&**node, f.last_id.as_str())),
         );
         buf.extend_from_slice(b"id: ");
         buf.extend_from_slice(id.as_bytes());

@@ -98,11 +98,11 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
         subs = table.subscriber_count(),
         s2 = plural(table.subscriber_count() as u64),
     ));
-    for room in table.rooms() {
+    for (_, room) in table.active() {
         let open = access::check(config, room, head) == Access::Allow;
         index_row(&mut html, room, open, &token, now);
     }
-    if table.rooms().is_empty() {
+    if table.active().next().is_none() {
         html.push_str("<tr><td colspan=\"6\" class=\"dim\">No rooms are configured.</td></tr>\n");
     }
     html.push_str(&format!(
@@ -118,7 +118,7 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
 /// message are shown.
 fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: SystemTime) {
     let info = room.info.borrow();
-    let node = encode_component(&room.node);
+    let node = encode_component(&room.node());
     let (class, state) = state_text(room.state());
     let mut flags = Vec::new();
     if info.known {
@@ -143,8 +143,8 @@ fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: Syste
              <td class=\"{class}\">{state}{flags}</td>\
              <td class=\"dim\" colspan=\"3\">needs a read token</td>\
              <td class=\"n\">{subs}</td></tr>\n",
-            name = escape(&room.node),
-            jid = escape(&room.jid),
+            name = escape(&room.node()),
+            jid = escape(&room.jid()),
             state = escape(&state),
             subs = room.subscribers(),
         ));
@@ -167,8 +167,8 @@ fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: Syste
         "<tr><td><a href=\"/view/{node}{token}\">{name}</a><br><span class=\"dim\">{jid}</span></td>\
          <td class=\"{class}\">{state}{flags}</td><td class=\"subject\">{subject}</td>\
          <td class=\"n\">{occupants}</td><td>{last}</td><td class=\"n\">{subs}</td></tr>\n",
-        name = escape(&room.node),
-        jid = escape(&room.jid),
+        name = escape(&room.node()),
+        jid = escape(&room.jid()),
         state = escape(&state),
         subject = escape(&cut(&info.subject, INDEX_SUBJECT_CHARS)),
         subs = room.subscribers(),
@@ -203,9 +203,9 @@ pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> R
         String::new()
     };
     let title = if subject.is_empty() {
-        room.node.clone()
+        room.node().to_string()
     } else {
-        format!("{subject} · {}", room.node)
+        format!("{subject} · {}", room.node())
     };
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
@@ -228,9 +228,9 @@ pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> R
         css = version(CSS),
         js = version(VIEW_JS),
         kiosk = if kiosk { " kiosk" } else { "" },
-        node = escape(&room.node),
-        encoded = encode_component(&room.node),
-        jid = escape(&room.jid),
+        node = escape(&room.node()),
+        encoded = encode_component(&room.node()),
+        jid = escape(&room.jid()),
         subject = escape(&subject),
         reason = escape(reason),
     );
@@ -410,9 +410,17 @@ mod tests {
 
     /// Public rooms `lobby` and `café`.
     fn table() -> RoomTable {
-        let mut t = RoomTable::new(3, 4, 4096, 4);
-        t.add("lobby", "conference.localhost");
-        t.add("café", "conference.localhost");
+        let t = RoomTable::new(3, 4, 4096, 4);
+        t.add(
+            "lobby",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
+        t.add(
+            "café",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
         public(&t);
         t
     }
@@ -499,9 +507,13 @@ mod tests {
 
     #[test]
     fn room_strings_are_escaped_and_pages_stay_small() {
-        let mut t = RoomTable::new(24, 4, 4096, 4);
+        let t = RoomTable::new(24, 4, 4096, 4);
         for i in 0..24 {
-            t.add(&format!("room{i}"), "conference.localhost");
+            t.add(
+                &format!("room{i}"),
+                "conference.localhost",
+                crate::rooms::table::Origin::Configured,
+            );
         }
         public(&t);
         let evil = "<script>alert(1)</script>\"'&".repeat(40);

@@ -6,7 +6,7 @@ use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
 use crate::rooms::frame::Json;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 
 /// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
 /// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
@@ -222,6 +222,9 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         return reply(Reply::text(404, "no such room is served here\n"));
     };
     let room = table.room(index);
+    if room.origin() != Origin::Configured && room.state() == JoinState::Failed(ROOM_MISSING) {
+        return reply(Reply::text(404, "no such room\n"));
+    }
     match access::check(config, room, head) {
         Access::Allow => {}
         Access::Forbidden(why) => {
@@ -278,7 +281,7 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
             Access::Allow => {}
             Access::Forbidden(why) => {
                 count(&table.stats().rejected_forbidden, 1);
-                let node = &table.room(index).node;
+                let node = &table.room(index).node();
                 return Err(Reply::text(403, format!("room `{node}`: {why}\n")));
             }
             Access::NotYetKnown => {
@@ -336,9 +339,17 @@ mod tests {
     use crate::http::request::parse;
 
     fn table() -> RoomTable {
-        let mut t = RoomTable::new(2, 4, 4096, 4);
-        t.add("lobby", "conference.localhost");
-        t.add("café", "conference.localhost");
+        let t = RoomTable::new(2, 4, 4096, 4);
+        t.add(
+            "lobby",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
+        t.add(
+            "café",
+            "conference.localhost",
+            crate::rooms::table::Origin::Configured,
+        );
         for room in t.rooms() {
             let mut info = room.info.borrow_mut();
             info.known = true;

@@ -19,7 +19,7 @@ use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
-use crate::rooms::table::{RoomTable, count};
+use crate::rooms::table::{Origin, RoomTable, count};
 use crate::shutdown::Shutdown;
 
 /// Time allowed to write a short reply before giving up on the client.
@@ -233,6 +233,25 @@ async fn connection(
         }
         Err(Some(Err(_))) => return,
     };
+    // With `on_demand`, a stream of a room the table does not hold yet gives it an entry; the
+    // XMPP side checks it exists (never creating it) and joins it.
+    if config.on_demand
+        && let Some(node) = head
+            .path
+            .strip_prefix("/eventsource/")
+            .and_then(super::request::percent_decode)
+        && server.table.find_node(&node).is_none()
+        && crate::config::check_room_node(&node).is_ok()
+        && server
+            .table
+            .add(&node, &config.muc, Origin::OnDemand)
+            .is_none()
+    {
+        server.warn_limited(&format!(
+            "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
+            config.max_rooms
+        ));
+    }
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
     // than turn the client away at once.
     let deadline = Instant::now() + SYNC_WAIT;
@@ -270,7 +289,7 @@ async fn connection(
             let room = sub.room();
             log::debug!(
                 "{peer}: subscribed to {} ({} subscribers)",
-                room.jid,
+                room.jid(),
                 room.subscribers()
             );
             let (opening, first) =
@@ -279,10 +298,10 @@ async fn connection(
             match ended {
                 sse::Ended::Lapped => log::debug!(
                     "{peer}: dropped from {}: fell more than the ring behind ({} dropped so far)",
-                    room.jid,
+                    room.jid(),
                     server.table.stats.dropped_slow.get()
                 ),
-                other => log::debug!("{peer}: stream of {} ended: {other:?}", room.jid),
+                other => log::debug!("{peer}: stream of {} ended: {other:?}", room.jid()),
             }
         }
         Route::Multi {
@@ -319,10 +338,8 @@ async fn connection(
                     last_id: String::new(),
                 });
             }
-            let nodes: Vec<&str> = rooms
-                .iter()
-                .map(|&r| server.table.room(r).node.as_str())
-                .collect();
+            let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
+            let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
             let starts = multi::starts(&nodes, &start);
             let opening = multi::opening(&stream_head, config.retry_ms, &mut follows, &starts);
             log::debug!(

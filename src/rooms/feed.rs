@@ -295,8 +295,8 @@ mod tests {
     }
 
     fn table() -> RoomTable {
-        let mut t = RoomTable::new(1, 16, 1 << 16, 4);
-        t.add("lobby", "c");
+        let t = RoomTable::new(1, 16, 1 << 16, 4);
+        t.add("lobby", "c", crate::rooms::table::Origin::Configured);
         t
     }
 

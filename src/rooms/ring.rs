@@ -129,6 +129,13 @@ impl Ring {
         }
     }
 
+    /// Drops every event (the entry now holds another room). Sequence numbers go on.
+    pub fn clear(&mut self) {
+        while self.len > 0 {
+            self.evict_oldest();
+        }
+    }
+
     /// Sequence number of the next event.
     pub fn head(&self) -> u64 {
         self.head

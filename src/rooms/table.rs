@@ -7,6 +7,7 @@
 //! [`Subscription`] and read frames from the ring by sequence number.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::task::Waker;
 
 use super::ring::{Entry, Ring};
@@ -24,11 +25,30 @@ pub enum JoinState {
     Gone(&'static str),
 }
 
+/// Why a room is in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// An unused entry.
+    Free,
+    /// Listed in `rooms`.
+    Configured,
+    /// Found by disco#items (`rooms = *`).
+    Discovered,
+    /// Asked for by a subscriber (`on_demand = yes`).
+    OnDemand,
+}
+
+/// The reason a room that does not exist is `Failed` with.
+pub const ROOM_MISSING: &str = "the room does not exist";
+
 pub struct Room {
-    /// Room node, lower-case (`lobby`).
-    pub node: String,
+    /// Room node, lower-case (`lobby`); empty for a free entry.
+    node: RefCell<Rc<str>>,
     /// Room bare JID (`lobby@conference.example.org`).
-    pub jid: String,
+    jid: RefCell<Rc<str>>,
+    origin: Cell<Origin>,
+    /// Counts the rooms this entry has held, so the XMPP side notices a reused entry.
+    generation: Cell<u32>,
     ring: RefCell<Ring>,
     state: Cell<JoinState>,
     /// First subscriber slot of this room's wake-up list, or [`NONE`].
@@ -60,6 +80,28 @@ pub struct RoomInfo {
 }
 
 impl Room {
+    /// Room node, lower-case (`lobby`).
+    pub fn node(&self) -> Rc<str> {
+        self.node.borrow().clone()
+    }
+
+    /// Room bare JID.
+    pub fn jid(&self) -> Rc<str> {
+        self.jid.borrow().clone()
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin.get()
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.get()
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.origin.get() == Origin::Free
+    }
+
     pub fn ring(&self) -> std::cell::Ref<'_, Ring> {
         self.ring.borrow()
     }
@@ -165,8 +207,10 @@ impl RoomTable {
     ) -> RoomTable {
         let rooms = (0..max_rooms)
             .map(|_| Room {
-                node: String::new(),
-                jid: String::new(),
+                node: RefCell::new(Rc::from("")),
+                jid: RefCell::new(Rc::from("")),
+                origin: Cell::new(Origin::Free),
+                generation: Cell::new(0),
                 ring: RefCell::new(Ring::new(ring_events, ring_bytes)),
                 state: Cell::new(JoinState::Joining),
                 first: Cell::new(NONE),
@@ -198,20 +242,66 @@ impl RoomTable {
         }
     }
 
-    /// Puts a room into the next free entry. Only called at start-up, before any `&Room` is
-    /// handed out (it needs `&mut self`). Returns `None` when the table is full.
-    pub fn add(&mut self, node: &str, muc: &str) -> Option<usize> {
-        let index = self.used.get();
-        let room = self.rooms.get_mut(index)?;
-        room.node = node.to_lowercase();
-        room.jid = format!("{}@{}", room.node, muc.to_lowercase());
-        self.used.set(index + 1);
+    /// Gives a room an entry (or returns the one it has; a configured room stays configured).
+    /// Entries never used come first; then, for a configured room or when the table is full,
+    /// the entry of a discovered or on-demand room nobody reads and we are not in. Returns
+    /// `None` when no entry can be had.
+    pub fn add(&self, node: &str, muc: &str, origin: Origin) -> Option<usize> {
+        let node = node.to_lowercase();
+        if let Some(index) = self.find_node(&node) {
+            if origin == Origin::Configured {
+                self.rooms[index].origin.set(origin);
+            }
+            return Some(index);
+        }
+        let used = self.used.get();
+        let index = if let Some(i) = (0..used).find(|&i| self.rooms[i].is_free()) {
+            i
+        } else if used < self.rooms.len() {
+            self.used.set(used + 1);
+            used
+        } else {
+            (0..used).find(|&i| {
+                let r = &self.rooms[i];
+                matches!(r.origin.get(), Origin::Discovered | Origin::OnDemand)
+                    && r.subscribers.get() == 0
+                    && r.state.get() != JoinState::Joined
+            })?
+        };
+        let room = &self.rooms[index];
+        *room.jid.borrow_mut() = Rc::from(format!("{node}@{}", muc.to_lowercase()));
+        *room.node.borrow_mut() = Rc::from(node);
+        room.origin.set(origin);
+        room.generation.set(room.generation.get().wrapping_add(1));
+        room.state.set(JoinState::Joining);
+        room.synced.set(false);
+        *room.info.borrow_mut() = RoomInfo::default();
+        room.ring.borrow_mut().clear();
         Some(index)
     }
 
-    /// Rooms in use, by index.
+    /// Frees a room's entry (the XMPP side has left it; its streams have ended).
+    pub fn release(&self, index: usize) {
+        let room = &self.rooms()[index];
+        room.origin.set(Origin::Free);
+        *room.node.borrow_mut() = Rc::from("");
+        *room.jid.borrow_mut() = Rc::from("");
+        room.generation.set(room.generation.get().wrapping_add(1));
+        room.ring.borrow_mut().clear();
+        *room.info.borrow_mut() = RoomInfo::default();
+    }
+
+    /// Entries in use or used before (free ones included: check [`Room::is_free`]), by index.
     pub fn rooms(&self) -> &[Room] {
         &self.rooms[..self.used.get()]
+    }
+
+    /// The rooms being served, with their indices.
+    pub fn active(&self) -> impl Iterator<Item = (usize, &Room)> {
+        self.rooms()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_free())
     }
 
     pub fn room(&self, index: usize) -> &Room {
@@ -220,16 +310,24 @@ impl RoomTable {
 
     /// Index of the room with this node (case-insensitive, as XMPP node names are).
     pub fn find_node(&self, node: &str) -> Option<usize> {
-        self.rooms()
-            .iter()
-            .position(|r| r.node.eq_ignore_ascii_case(node) || r.node == node.to_lowercase())
+        if node.is_empty() {
+            return None;
+        }
+        self.rooms().iter().position(|r| {
+            let own = r.node.borrow();
+            own.eq_ignore_ascii_case(node) || **own == *node.to_lowercase()
+        })
     }
 
     /// Index of the room with this bare JID.
     pub fn find_jid(&self, jid: &str) -> Option<usize> {
-        self.rooms()
-            .iter()
-            .position(|r| r.jid.eq_ignore_ascii_case(jid) || r.jid == jid.to_lowercase())
+        if jid.is_empty() {
+            return None;
+        }
+        self.rooms().iter().position(|r| {
+            let own = r.jid.borrow();
+            own.eq_ignore_ascii_case(jid) || **own == *jid.to_lowercase()
+        })
     }
 
     /// Appends the entry `make` builds (given the event's sequence number) to a room's ring and
@@ -437,10 +535,15 @@ mod tests {
     }
 
     fn table() -> RoomTable {
-        let mut t = RoomTable::new(2, 4, 1 << 16, 3);
-        t.add("Lobby", "conference.localhost").unwrap();
-        t.add("news", "conference.localhost").unwrap();
-        assert!(t.add("extra", "conference.localhost").is_none());
+        let t = RoomTable::new(2, 4, 1 << 16, 3);
+        t.add("Lobby", "conference.localhost", Origin::Configured)
+            .unwrap();
+        t.add("news", "conference.localhost", Origin::Configured)
+            .unwrap();
+        assert!(
+            t.add("extra", "conference.localhost", Origin::OnDemand)
+                .is_none()
+        );
         t
     }
 

@@ -16,13 +16,14 @@ use super::muc::{self, MucEvent};
 use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
 use crate::rooms::feed::{Feed, Message};
-use crate::rooms::table::{JoinState, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 use crate::shutdown::Shutdown;
 
 const NS_COMPONENT: &str = "jabber:component:accept";
 const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const NS_PING: &str = "urn:xmpp:ping";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 /// Deepest element nesting accepted upstream (real stanzas use fewer than 10 levels).
 const MAX_DEPTH: u32 = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,19 +62,7 @@ impl From<StreamError> for End {
 /// Runs the component link until shutdown, reconnecting with exponential back-off and jitter.
 pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Result<(), Fatal> {
     let mut delay = config.reconnect_min;
-    let mut links: Vec<RoomLink> = table
-        .rooms()
-        .iter()
-        .map(|_| RoomLink {
-            nick: config.nick.clone(),
-            phase: Phase::Checking,
-            retry_at: None,
-            feed: Feed::default(),
-            last_heard: Instant::now(),
-            self_ping_sent: None,
-            occupants: HashSet::new(),
-        })
-        .collect();
+    let mut links: Vec<RoomLink> = Vec::new();
     let mut sessions = 0u64;
     loop {
         let started = Instant::now();
@@ -94,7 +83,7 @@ pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Res
             "reconnecting"
         };
         for (index, link) in links.iter_mut().enumerate() {
-            if link.phase != Phase::GaveUp {
+            if !matches!(link.phase, Phase::GaveUp | Phase::Idle) {
                 if !matches!(table.room(index).state(), JoinState::Failed(_)) {
                     table.set_state(index, JoinState::Joining);
                 }
@@ -171,6 +160,10 @@ struct RoomLink {
     last_heard: Instant,
     /// When the self-ping still unanswered was sent.
     self_ping_sent: Option<Instant>,
+    /// The room table entry's generation this link belongs to.
+    generation: u32,
+    /// An on-demand room's last subscriber left at this time.
+    idle_since: Option<Instant>,
     /// Nicks of the other occupants, as seen from presence (at most
     /// [`MAX_OCCUPANTS_TRACKED`]).
     occupants: HashSet<String>,
@@ -191,6 +184,45 @@ enum Phase {
     Waiting,
     /// Banned or the room was destroyed: not retried until restart.
     GaveUp,
+    /// Not wanted now: a free entry, or an on-demand room nobody reads.
+    Idle,
+}
+
+impl RoomLink {
+    fn new(config: &Config, room: &crate::rooms::table::Room) -> RoomLink {
+        let idle = room.is_free();
+        RoomLink {
+            nick: config.nick.clone(),
+            phase: if idle { Phase::Idle } else { Phase::Checking },
+            retry_at: None,
+            feed: Feed::default(),
+            last_heard: Instant::now(),
+            self_ping_sent: None,
+            occupants: HashSet::new(),
+            generation: room.generation(),
+            idle_since: None,
+        }
+    }
+}
+
+/// Brings the links in line with the room table: entries added or given to another room
+/// since (discovered rooms, on-demand rooms, a reload) get a fresh link. Returns the indices
+/// of rooms to check and join now.
+fn sync_links(config: &Config, table: &RoomTable, links: &mut Vec<RoomLink>) -> Vec<usize> {
+    let mut fresh = Vec::new();
+    for (index, room) in table.rooms().iter().enumerate() {
+        if links.len() <= index {
+            links.push(RoomLink::new(config, room));
+        } else if links[index].generation != room.generation() {
+            links[index] = RoomLink::new(config, room);
+        } else {
+            continue;
+        }
+        if links[index].phase == Phase::Checking {
+            fresh.push(index);
+        }
+    }
+    fresh
 }
 
 struct Upstream {
@@ -328,7 +360,7 @@ async fn session(
     config: &Config,
     table: &RoomTable,
     shutdown: &Shutdown,
-    links: &mut [RoomLink],
+    links: &mut Vec<RoomLink>,
 ) -> End {
     let socket = match connect(config).await {
         Ok(s) => s,
@@ -378,7 +410,7 @@ async fn session(
                 if link.phase == Phase::Joined {
                     let room = table.room(index);
                     let _ = up
-                        .send(&muc::leave(&config.component, &room.jid, &link.nick))
+                        .send(&muc::leave(&config.component, &room.jid(), &link.nick))
                         .await;
                 }
             }
@@ -402,13 +434,17 @@ async fn serve(
     table: &RoomTable,
     shutdown: &Shutdown,
     up: &mut Upstream,
-    links: &mut [RoomLink],
+    links: &mut Vec<RoomLink>,
     buf: &mut [u8],
 ) -> Result<(), End> {
+    sync_links(config, table, links);
     for index in 0..links.len() {
-        check_room(config, table, up, links, index).await?;
+        if links[index].phase == Phase::Checking {
+            check_room(config, table, up, links, index).await?;
+        }
     }
     let mut tick = Timer::interval(Duration::from_secs(1));
+    let mut next_discovery = Instant::now();
     loop {
         let wake = future::or(
             async { Wake::Read((&up.socket).read(buf).await) },
@@ -451,6 +487,21 @@ async fn serve(
                     _ => {}
                 }
                 let now = Instant::now();
+                for index in sync_links(config, table, links) {
+                    check_room(config, table, up, links, index).await?;
+                }
+                if config.all_rooms && now >= next_discovery {
+                    next_discovery = now + config.discover_every;
+                    up.send(&format!(
+                        "<iq type='get' id='rooms-list' from='{}' to='{}'><query xmlns='{NS_DISCO_ITEMS}'/></iq>",
+                        escape(&config.component),
+                        escape(&config.muc)
+                    ))
+                    .await?;
+                }
+                for index in 0..links.len() {
+                    on_demand(config, table, up, links, index, now).await?;
+                }
                 for (index, link) in links.iter_mut().enumerate() {
                     self_ping(config, table, up, link, index, now).await?;
                 }
@@ -506,7 +557,7 @@ async fn check_room(
     up.send(&format!(
         "<iq type='get' id='disco-{index}' from='{}' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
         escape(&config.component),
-        escape(&room.jid)
+        escape(&room.jid())
     ))
     .await
 }
@@ -522,12 +573,55 @@ async fn join(
     link.feed.joining(table, index);
     up.send(&muc::join(
         &config.component,
-        &table.room(index).jid,
+        &table.room(index).jid(),
         &link.nick,
         config.history,
-        config.password_for(&table.room(index).node),
+        config.password_for(&table.room(index).node()),
     ))
     .await
+}
+
+/// On-demand rooms are joined while read: a room left idle is joined again when a subscriber
+/// comes, and a joined one nobody has read for `on_demand_grace` is left.
+async fn on_demand(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+    links: &mut [RoomLink],
+    index: usize,
+    now: Instant,
+) -> io::Result<()> {
+    let room = table.room(index);
+    if room.origin() != Origin::OnDemand {
+        return Ok(());
+    }
+    let link = &mut links[index];
+    if room.subscribers() > 0 {
+        link.idle_since = None;
+        if link.phase == Phase::Idle {
+            return check_room(config, table, up, links, index).await;
+        }
+        return Ok(());
+    }
+    if link.phase != Phase::Joined {
+        return Ok(());
+    }
+    let since = *link.idle_since.get_or_insert(now);
+    if now.duration_since(since) >= config.on_demand_grace {
+        log::info!(
+            "leaving {}: nobody has read it for {} s",
+            room.jid(),
+            config.on_demand_grace.as_secs()
+        );
+        up.send(&muc::leave(&config.component, &room.jid(), &link.nick))
+            .await?;
+        link.phase = Phase::Idle;
+        link.idle_since = None;
+        link.occupants.clear();
+        room.set_synced(false);
+        table.set_state(index, JoinState::Joining);
+    }
+    Ok(())
 }
 
 /// XEP-0410: after `self_ping` of silence from a joined room, ping our own occupant to find
@@ -546,7 +640,7 @@ async fn self_ping(
     match link.self_ping_sent {
         // Unanswered: treated as a timeout (XEP-0410 §3.3); try again after the next silence.
         Some(sent) if now.duration_since(sent) >= config.ping_timeout => {
-            log::debug!("room {}: self-ping unanswered", table.room(index).jid);
+            log::debug!("room {}: self-ping unanswered", table.room(index).jid());
             link.self_ping_sent = None;
             link.last_heard = now;
         }
@@ -555,7 +649,7 @@ async fn self_ping(
             up.send(&format!(
                 "<iq type='get' id='selfping-{index}' from='{}' to='{}/{}'><ping xmlns='{NS_PING}'/></iq>",
                 escape(&config.component),
-                escape(&table.room(index).jid),
+                escape(&table.room(index).jid()),
                 escape(&link.nick)
             ))
             .await?;
@@ -788,6 +882,33 @@ async fn handle_iq(
             };
             up.send(&reply).await?;
         }
+        Some("result") if id == "rooms-list" => {
+            let items = iq
+                .child("query", NS_DISCO_ITEMS)
+                .map_or(&[][..], |q| &q.children[..]);
+            let mut full = 0;
+            log::debug!("{} lists {} rooms", config.muc, items.len());
+            for item in items.iter().filter(|i| i.name == "item") {
+                let Some((node, domain)) = item.attr("jid").and_then(|j| j.split_once('@')) else {
+                    continue;
+                };
+                if !domain.eq_ignore_ascii_case(&config.muc)
+                    || crate::config::check_room_node(node).is_err()
+                {
+                    continue;
+                }
+                if table.add(node, &config.muc, Origin::Discovered).is_none() {
+                    full += 1;
+                }
+            }
+            if full > 0 {
+                log::warn!(
+                    "{full} public rooms of {} left out: the room table is full (max_rooms = {}); raise max_rooms",
+                    config.muc,
+                    config.max_rooms
+                );
+            }
+        }
         Some(kind @ ("result" | "error")) if id.starts_with("selfping-") => {
             let Some(index) = id["selfping-".len()..]
                 .parse::<usize>()
@@ -816,7 +937,7 @@ async fn handle_iq(
                 let room = table.room(index);
                 log::warn!(
                     "room {}: self-ping says we are no longer an occupant ({condition}); rejoining",
-                    room.jid
+                    room.jid()
                 );
                 links[index].feed.status(
                     table,
@@ -872,10 +993,10 @@ async fn handle_iq(
             if condition == "item-not-found" {
                 log::warn!(
                     "room {} does not exist on {}; not joining (muc-eventsource never creates rooms); checking again in {ROOM_RECHECK:?}",
-                    room.jid,
+                    room.jid(),
                     config.muc
                 );
-                table.set_state(index, JoinState::Failed("the room does not exist"));
+                table.set_state(index, JoinState::Failed(ROOM_MISSING));
                 links[index].feed.status(
                     table,
                     index,
@@ -886,7 +1007,7 @@ async fn handle_iq(
             } else {
                 log::warn!(
                     "room {}: disco#info failed ({condition}); joining anyway",
-                    room.jid
+                    room.jid()
                 );
                 join(config, table, up, &mut links[index], index).await?;
             }

@@ -1,0 +1,107 @@
+//! Which rooms are served, against a real Prosody: on demand (the first subscriber of a room
+//! has it checked and joined; it is left after the grace period; a missing room is a 404 and
+//! is never created) and `rooms = *` (every public room, found with disco#items).
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::json::Json;
+use common::prosody::{Prosody, ROOM_OWNER};
+use common::sse::{SseClient, http_get};
+use common::xmpp::XmppClient;
+
+const T: Duration = Duration::from_secs(10);
+
+fn body_of(sub: &mut SseClient) -> String {
+    loop {
+        let e = sub.next_event(T).expect("an event");
+        if e.event_type == "message" {
+            return Json::parse(&e.data)
+                .unwrap()
+                .get("body")
+                .and_then(Json::as_str)
+                .unwrap()
+                .to_string();
+        }
+    }
+}
+
+#[test]
+fn rooms_on_demand_are_joined_for_their_readers_and_left_after() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby", "extra"]);
+    let daemon = Daemon::start(
+        &prosody,
+        &["lobby"],
+        "on_demand = yes\non_demand_grace_secs = 2\nhistory = 0",
+    );
+    let (user, pass) = ROOM_OWNER;
+    let mut owner = XmppClient::connect(&prosody, user, pass);
+    owner.join("extra", user);
+
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/extra", &[]);
+    assert_eq!(sub.status(), 200);
+    daemon.expect_log("joined room extra@", T);
+    owner.send_groupchat("extra", "on demand");
+    assert_eq!(body_of(&mut sub), "on demand");
+
+    // A room that does not exist: 404, and it is not created.
+    assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
+    let jid = owner.room_jid("ghost");
+    let reply = owner.iq(
+        "d1",
+        &format!("<iq type='get' to='{jid}' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    );
+    assert!(
+        reply.contains("item-not-found"),
+        "the room was created: {reply}"
+    );
+
+    // The last reader goes; after the grace period the daemon leaves the room.
+    drop(sub);
+    daemon.expect_log("leaving extra@", T);
+    owner.wait_for("type='unavailable'", T);
+    // A new reader brings it back.
+    let mut again = SseClient::connect(daemon.http, "/eventsource/extra", &[]);
+    assert!(
+        daemon.wait_log_count("joined room extra@", 2, T),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    owner.send_groupchat("extra", "back again");
+    assert_eq!(body_of(&mut again), "back again");
+}
+
+#[test]
+fn every_public_room_with_a_star() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["alpha", "beta", "hidden"]);
+    let (user, pass) = ROOM_OWNER;
+    let mut owner = XmppClient::connect(&prosody, user, pass);
+    owner.configure_room("hidden", &[("muc#roomconfig_publicroom", "0")]);
+    let config = Daemon::config_text(&prosody, &["*"], "discover_secs = 10\nhistory = 0");
+    let mut daemon = Daemon::spawn_raw(&config);
+    daemon.wait_ready(&["alpha", "beta"], T);
+    assert!(
+        !daemon.log().contains("joined room hidden@"),
+        "hidden rooms are not listed"
+    );
+    assert_eq!(http_get(daemon.http, "/eventsource/hidden").0, 404);
+    let mut alpha = SseClient::connect(daemon.http, "/eventsource/alpha", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    owner.join("alpha", user);
+    owner.send_groupchat("alpha", "found by disco#items");
+    assert_eq!(body_of(&mut alpha), "found by disco#items");
+    // A room created later is found at the next listing.
+    // (Prosody 0.12 lists a new room once it has been saved: submitting its form does that.)
+    owner.join("gamma", user);
+    owner.configure_room("gamma", &[("muc#roomconfig_publicroom", "1")]);
+    assert!(
+        daemon.wait_log("joined room gamma@", Duration::from_secs(15)),
+        "{}",
+        daemon.log()
+    );
+}
