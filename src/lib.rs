@@ -12,5 +12,6 @@ pub mod http;
 pub mod logger;
 pub mod notify;
 pub mod rooms;
+pub mod settings;
 pub mod shutdown;
 pub mod xmpp;

@@ -11,6 +11,7 @@ use muc_eventsource::config::{self, Config};
 use muc_eventsource::http::server::{self, Server};
 use muc_eventsource::http::sse;
 use muc_eventsource::rooms::table::{Origin, RoomTable};
+use muc_eventsource::settings::Settings;
 use muc_eventsource::shutdown::Shutdown;
 use muc_eventsource::xmpp::component::{self, Fatal};
 use muc_eventsource::{logger, notify};
@@ -114,15 +115,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logger::init(config.log_level);
-    match run(config) {
+    match run(&args.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
     }
 }
 
 /// Builds the tables and runs every task on this thread until shutdown. `Err` is the exit code.
-fn run(config: Config) -> Result<(), u8> {
+fn run(path: &str, config: Config) -> Result<(), u8> {
     // Everything below lives as long as the process; leaking makes it `'static` for the tasks.
+    let settings: &'static Settings = Box::leak(Box::new(Settings::new(path, config.clone())));
     let config: &'static Config = Box::leak(Box::new(config));
     let table = RoomTable::new(
         config.max_rooms,
@@ -145,12 +147,15 @@ fn run(config: Config) -> Result<(), u8> {
         );
         1
     })?;
-    let mut signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(|e| {
-                log::error!("cannot install signal handlers: {e}");
-                1
-            })?;
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| {
+        log::error!("cannot install signal handlers: {e}");
+        1
+    })?;
     log::info!(
         "muc-eventsource {} serving http://{}/eventsource/<room> for {} on {}; memory ceiling {} KiB",
         env!("CARGO_PKG_VERSION"),
@@ -160,16 +165,26 @@ fn run(config: Config) -> Result<(), u8> {
         config.ceiling().total() / 1024
     );
     let executor: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
-    let server: &'static Server = Box::leak(Box::new(Server::new(config, table, shutdown)));
+    let server: &'static Server =
+        Box::leak(Box::new(Server::new(config, settings, table, shutdown)));
     executor
         .spawn(server::serve(server, listener, executor))
         .detach();
     executor
         .spawn(async move {
-            if let Some(Ok(signal)) = signals.next().await {
+            while let Some(Ok(signal)) = signals.next().await {
+                if signal == async_signal::Signal::Hup {
+                    notify::status("reloading the configuration");
+                    match settings.reload(table) {
+                        Ok(()) => notify::status("configuration reloaded"),
+                        Err(e) => log::error!("reload failed, nothing changed: {e}"),
+                    }
+                    continue;
+                }
                 log::info!("{signal:?} received: shutting down");
                 notify::stopping();
                 shutdown.request();
+                break;
             }
         })
         .detach();
@@ -188,7 +203,7 @@ fn run(config: Config) -> Result<(), u8> {
             .detach();
     }
     let result = future::block_on(executor.run(async {
-        let result = component::run(config, table, shutdown).await;
+        let result = component::run(settings, table, shutdown).await;
         shutdown.request();
         table.close_all();
         let deadline = Instant::now() + SHUTDOWN_GRACE;

@@ -20,6 +20,7 @@ use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
 use crate::rooms::table::{Origin, RoomTable, count};
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
 /// Time allowed to write a short reply before giving up on the client.
@@ -27,7 +28,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What connections share.
 pub struct Server {
+    /// The start-up configuration (listen address, table sizes: what needs a restart).
     pub config: &'static Config,
+    /// The configuration in force (tokens, rooms, CORS…: what `SIGHUP` reloads).
+    pub settings: &'static Settings,
     pub table: &'static RoomTable,
     pub shutdown: &'static Shutdown,
     pending: Cell<usize>,
@@ -67,11 +71,13 @@ impl Server {
 impl Server {
     pub fn new(
         config: &'static Config,
+        settings: &'static Settings,
         table: &'static RoomTable,
         shutdown: &'static Shutdown,
     ) -> Server {
         Server {
             config,
+            settings,
             table,
             shutdown,
             pending: Cell::new(0),
@@ -206,7 +212,8 @@ async fn connection(
     peer: SocketAddr,
     pending: Pending<'static>,
 ) {
-    let config = server.config;
+    let live = server.settings.get();
+    let config: &Config = &live;
     let head = future::or(read_head(&socket, config.max_head_bytes), async {
         Timer::after(config.header_timeout).await;
         Err(None)
@@ -378,7 +385,7 @@ async fn resumable(
     if synced() {
         return true;
     }
-    let cors = super::access::cors(server.config, head.origin.as_deref());
+    let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
     let reply = routes::try_later(head, &cors, "the room is being joined", 5);
     send(socket, &reply.to_bytes()).await;
     false
@@ -392,7 +399,7 @@ async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, pee
         server.config.max_subscribers,
         server.config.max_subscribers_per_room
     ));
-    let cors = super::access::cors(server.config, head.origin.as_deref());
+    let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
     let reply = routes::try_later(head, &cors, "too many subscribers", 10);
     send(socket, &reply.to_bytes()).await;
 }

@@ -248,25 +248,32 @@ impl RoomTable {
     /// `None` when no entry can be had.
     pub fn add(&self, node: &str, muc: &str, origin: Origin) -> Option<usize> {
         let node = node.to_lowercase();
-        if let Some(index) = self.find_node(&node) {
+        let found = self.find_node(&node);
+        if let Some(index) = found
+            && !self.rooms[index].is_free()
+        {
             if origin == Origin::Configured {
                 self.rooms[index].origin.set(origin);
             }
             return Some(index);
         }
         let used = self.used.get();
-        let index = if let Some(i) = (0..used).find(|&i| self.rooms[i].is_free()) {
+        let reusable = |i: usize| {
+            let r = &self.rooms[i];
+            r.subscribers.get() == 0
+                && (r.is_free()
+                    || (matches!(r.origin.get(), Origin::Discovered | Origin::OnDemand)
+                        && r.state.get() != JoinState::Joined))
+        };
+        let index = if let Some(i) = found.filter(|&i| reusable(i)) {
+            i
+        } else if let Some(i) = (0..used).find(|&i| self.rooms[i].is_free() && reusable(i)) {
             i
         } else if used < self.rooms.len() {
             self.used.set(used + 1);
             used
         } else {
-            (0..used).find(|&i| {
-                let r = &self.rooms[i];
-                matches!(r.origin.get(), Origin::Discovered | Origin::OnDemand)
-                    && r.subscribers.get() == 0
-                    && r.state.get() != JoinState::Joined
-            })?
+            (0..used).find(|&i| reusable(i))?
         };
         let room = &self.rooms[index];
         *room.jid.borrow_mut() = Rc::from(format!("{node}@{}", muc.to_lowercase()));
@@ -280,15 +287,27 @@ impl RoomTable {
         Some(index)
     }
 
-    /// Frees a room's entry (the XMPP side has left it; its streams have ended).
-    pub fn release(&self, index: usize) {
+    /// Stops serving a room (it left the configuration): its subscribers get a last `status`
+    /// event and their streams end; the URL answers `204` until the entry is reused; the XMPP
+    /// side leaves the room.
+    pub fn retire(&self, index: usize, reason: &'static str) {
+        let json = super::frame::Json::new()
+            .str("status", "removed")
+            .str("reason", reason)
+            .finish();
+        self.publish(index, |seq| {
+            let id = format!("~{seq}");
+            Entry::new(
+                super::frame::event(Some("status"), &id, &json),
+                id,
+                super::ring::kind::STATUS,
+            )
+        });
         let room = &self.rooms()[index];
+        room.state.set(JoinState::Gone(reason));
         room.origin.set(Origin::Free);
-        *room.node.borrow_mut() = Rc::from("");
-        *room.jid.borrow_mut() = Rc::from("");
         room.generation.set(room.generation.get().wrapping_add(1));
-        room.ring.borrow_mut().clear();
-        *room.info.borrow_mut() = RoomInfo::default();
+        self.wake_room(index);
     }
 
     /// Entries in use or used before (free ones included: check [`Room::is_free`]), by index.

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -17,6 +18,7 @@ use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
 use crate::rooms::feed::{Feed, Message};
 use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
 const NS_COMPONENT: &str = "jabber:component:accept";
@@ -60,17 +62,19 @@ impl From<StreamError> for End {
 }
 
 /// Runs the component link until shutdown, reconnecting with exponential back-off and jitter.
-pub async fn run(config: &Config, table: &RoomTable, shutdown: &Shutdown) -> Result<(), Fatal> {
-    let mut delay = config.reconnect_min;
+pub async fn run(settings: &Settings, table: &RoomTable, shutdown: &Shutdown) -> Result<(), Fatal> {
+    let mut delay = settings.get().reconnect_min;
     let mut links: Vec<RoomLink> = Vec::new();
     let mut sessions = 0u64;
     loop {
+        let current = settings.get();
+        let config: &Config = &current;
         let started = Instant::now();
         if sessions > 0 {
             count(&table.stats().reconnects, 1);
         }
         sessions += 1;
-        let end = session(config, table, shutdown, &mut links).await;
+        let end = session(settings, table, shutdown, &mut links).await;
         table.stats().upstream_up.set(false);
         let reason = match &end {
             End::Shutdown => "the server is stopping or restarting".to_string(),
@@ -160,8 +164,9 @@ struct RoomLink {
     last_heard: Instant,
     /// When the self-ping still unanswered was sent.
     self_ping_sent: Option<Instant>,
-    /// The room table entry's generation this link belongs to.
+    /// The room table entry's generation this link belongs to, and that room's JID.
     generation: u32,
+    jid: Rc<str>,
     /// An on-demand room's last subscriber left at this time.
     idle_since: Option<Instant>,
     /// Nicks of the other occupants, as seen from presence (at most
@@ -200,29 +205,42 @@ impl RoomLink {
             self_ping_sent: None,
             occupants: HashSet::new(),
             generation: room.generation(),
+            jid: room.jid(),
             idle_since: None,
         }
     }
 }
 
-/// Brings the links in line with the room table: entries added or given to another room
-/// since (discovered rooms, on-demand rooms, a reload) get a fresh link. Returns the indices
-/// of rooms to check and join now.
-fn sync_links(config: &Config, table: &RoomTable, links: &mut Vec<RoomLink>) -> Vec<usize> {
-    let mut fresh = Vec::new();
+/// What [`sync_links`] found to do.
+#[derive(Default)]
+struct Sync {
+    /// Rooms to check and join now.
+    join: Vec<usize>,
+    /// Rooms we are in that are no longer served: (room JID, our nick) to leave.
+    leave: Vec<(Rc<str>, String)>,
+}
+
+/// Brings the links in line with the room table: entries added, retired or given to another
+/// room since (discovered rooms, on-demand rooms, a reload) get a fresh link.
+fn sync_links(config: &Config, table: &RoomTable, links: &mut Vec<RoomLink>) -> Sync {
+    let mut todo = Sync::default();
     for (index, room) in table.rooms().iter().enumerate() {
         if links.len() <= index {
             links.push(RoomLink::new(config, room));
         } else if links[index].generation != room.generation() {
-            links[index] = RoomLink::new(config, room);
+            let old = std::mem::replace(&mut links[index], RoomLink::new(config, room));
+            if matches!(old.phase, Phase::Joined | Phase::Joining) {
+                todo.leave.push((old.jid, old.nick));
+            }
         } else {
             continue;
         }
+        let fresh = &mut todo.join;
         if links[index].phase == Phase::Checking {
             fresh.push(index);
         }
     }
-    fresh
+    todo
 }
 
 struct Upstream {
@@ -357,11 +375,13 @@ fn stream_error_condition(e: &Element) -> String {
 }
 
 async fn session(
-    config: &Config,
+    settings: &Settings,
     table: &RoomTable,
     shutdown: &Shutdown,
     links: &mut Vec<RoomLink>,
 ) -> End {
+    let current = settings.get();
+    let config: &Config = &current;
     let socket = match connect(config).await {
         Ok(s) => s,
         Err(end) => return end,
@@ -404,7 +424,7 @@ async fn session(
         config.component,
         links.len()
     ));
-    match serve(config, table, shutdown, &mut up, links, &mut buf).await {
+    match serve(settings, table, shutdown, &mut up, links, &mut buf).await {
         Ok(()) => {
             for (index, link) in links.iter().enumerate() {
                 if link.phase == Phase::Joined {
@@ -430,13 +450,15 @@ enum Wake {
 
 /// The session loop after the handshake. `Ok` means shutdown was requested.
 async fn serve(
-    config: &Config,
+    settings: &Settings,
     table: &RoomTable,
     shutdown: &Shutdown,
     up: &mut Upstream,
     links: &mut Vec<RoomLink>,
     buf: &mut [u8],
 ) -> Result<(), End> {
+    let current = settings.get();
+    let config: &Config = &current;
     sync_links(config, table, links);
     for index in 0..links.len() {
         if links[index].phase == Phase::Checking {
@@ -446,6 +468,9 @@ async fn serve(
     let mut tick = Timer::interval(Duration::from_secs(1));
     let mut next_discovery = Instant::now();
     loop {
+        // The configuration in force now (SIGHUP may have replaced it).
+        let current = settings.get();
+        let config: &Config = &current;
         let wake = future::or(
             async { Wake::Read((&up.socket).read(buf).await) },
             future::or(
@@ -487,7 +512,13 @@ async fn serve(
                     _ => {}
                 }
                 let now = Instant::now();
-                for index in sync_links(config, table, links) {
+                settings.add_pending(table);
+                let todo = sync_links(config, table, links);
+                for (jid, nick) in todo.leave {
+                    log::info!("leaving {jid}: no longer served");
+                    up.send(&muc::leave(&config.component, &jid, &nick)).await?;
+                }
+                for index in todo.join {
                     check_room(config, table, up, links, index).await?;
                 }
                 if config.all_rooms && now >= next_discovery {
@@ -681,14 +712,16 @@ async fn handle(
     if stanza.name == "iq" {
         return handle_iq(config, table, up, links, stanza).await;
     }
+    // Rooms no longer served (a retired entry keeps its name until reused) are not ours.
+    let served = |jid: &str| table.find_jid(jid).filter(|&i| !table.room(i).is_free());
     let from_room = stanza
         .attr("from")
-        .and_then(|from| table.find_jid(muc::split_jid(from).0));
+        .and_then(|from| served(muc::split_jid(from).0));
     let event = muc::classify(stanza, from_room.map(|i| links[i].nick.as_str()));
     if let Some(index) = from_room {
         links[index].last_heard = Instant::now();
     }
-    let room_of = |jid: &str| table.find_jid(jid);
+    let room_of = served;
     match event {
         MucEvent::Message {
             room,
