@@ -327,6 +327,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         };
         let (key, value) = (key.trim(), value.trim());
+        if value.starts_with('#') {
+            // `key =#v` would mean `#v`, `key = #v` an empty value: refuse the ambiguity, so
+            // every value reads back the same however it is written (`describe()` included).
+            return Err(err(
+                key,
+                "a value cannot start with `#` (after a space it starts a comment)".into(),
+            ));
+        }
         if let Some((prefix, room)) = key.split_once('.') {
             let prefix = match prefix {
                 "token" => "token",
@@ -484,6 +492,15 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         if let Err(why) = check_room_node(room) {
             return Err(fail("rooms", rooms_line, format!("room `{room}`: {why}")));
         }
+        if room.starts_with('#') {
+            // `rooms = a,#b` lists `#b`, but `rooms = a, #b` (as `describe()` writes it) ends
+            // in a comment.
+            return Err(fail(
+                "rooms",
+                rooms_line,
+                format!("room `{room}`: cannot start with `#` (after a space it starts a comment)"),
+            ));
+        }
         let room = room.to_lowercase();
         if !rooms.contains(&room) {
             rooms.push(room);
@@ -501,6 +518,14 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
             ));
         }
     };
+    if rooms.len() > 4096 {
+        // max_rooms = 0 means "the number of rooms": without this, 0 would lift the 4096 cap.
+        return Err(fail(
+            "rooms",
+            rooms_line,
+            format!("{} rooms are listed; at most 4096", rooms.len()),
+        ));
+    }
     if rooms.is_empty() && !all_rooms && !on_demand {
         return Err(fail(
             "rooms",
@@ -576,7 +601,14 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         ));
     }
     let ring_events = number("ring_events", 1, 65_536)?;
+    let history_given = values.iter().any(|(k, _, _)| *k == "history");
     let history = number("history", 0, 65_536)?;
+    // The default history shrinks to a small ring; an explicit one must fit.
+    let history = if history_given {
+        history
+    } else {
+        history.min(ring_events)
+    };
     if history > ring_events {
         let line = values
             .iter()
@@ -654,14 +686,31 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
                 ));
             }
         },
-        cors_origins: match get("cors_origins")?.0.as_str() {
-            "*" | "" => None,
-            list => Some(
-                list.split(',')
+        cors_origins: match get("cors_origins")? {
+            (list, _) if list == "*" || list.is_empty() => None,
+            (list, line) => {
+                let origins: Vec<String> = list
+                    .split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_string())
                     .filter(|o| !o.is_empty())
-                    .collect(),
-            ),
+                    .collect();
+                // An empty list (`cors_origins = ,`) would allow no origin but be described as
+                // `cors_origins = ` (any origin); `#x` would be described as `…, #x`, a comment.
+                let origin = |o: &String| {
+                    (o.starts_with("http://") || o.starts_with("https://"))
+                        && !o.contains(char::is_whitespace)
+                };
+                if origins.is_empty() || !origins.iter().all(origin) {
+                    return Err(fail(
+                        "cors_origins",
+                        line,
+                        format!(
+                            "expected * or origins like https://example.org, comma-separated, found `{list}`"
+                        ),
+                    ));
+                }
+                Some(origins)
+            }
         },
     })
 }
@@ -719,11 +768,11 @@ pub struct Ceiling {
 impl Ceiling {
     pub fn total(&self) -> usize {
         self.rings
-            + self.subscribers
-            + self.multi_streams
-            + self.pending_requests
-            + self.upstream
-            + self.fixed
+            .saturating_add(self.subscribers)
+            .saturating_add(self.multi_streams)
+            .saturating_add(self.pending_requests)
+            .saturating_add(self.upstream)
+            .saturating_add(self.fixed)
     }
 }
 
@@ -737,7 +786,7 @@ pub const FIXED_BYTES: usize = 3 << 20;
 /// JSON escaping at most doubles a stanza byte (`"` → `\"`, LF → `\n`; a `&#9;` of four bytes
 /// becomes two).
 pub fn max_frame_bytes(max_stanza_bytes: usize) -> usize {
-    max_stanza_bytes * 2 + 256
+    max_stanza_bytes.saturating_mul(2).saturating_add(256)
 }
 
 impl Config {
@@ -750,12 +799,24 @@ impl Config {
         Ceiling {
             // Each ring may go over its byte budget by one frame (the newest is always kept),
             // and each frame may have its multi-room twin.
-            rings: self.max_rooms * (2 * (self.ring_bytes + frame) + ring_slots + 512),
-            subscribers: self.max_subscribers * SUBSCRIBER_BYTES,
-            multi_streams: self.max_multi_streams * (crate::http::multi::BUFFER + frame),
-            pending_requests: self.max_pending_requests * (self.max_head_bytes + 1024),
+            // Saturating: on 32-bit targets large settings would overflow.
+            rings: self.max_rooms.saturating_mul(
+                (self.ring_bytes.saturating_add(frame))
+                    .saturating_mul(2)
+                    .saturating_add(ring_slots + 512),
+            ),
+            subscribers: self.max_subscribers.saturating_mul(SUBSCRIBER_BYTES),
+            multi_streams: self
+                .max_multi_streams
+                .saturating_mul(crate::http::multi::BUFFER.saturating_add(frame)),
+            pending_requests: self
+                .max_pending_requests
+                .saturating_mul(self.max_head_bytes + 1024),
             // Receive buffer, one parsed stanza tree (at most ~4× its text), send buffer.
-            upstream: self.max_stanza_bytes * 6 + 64 * 1024,
+            upstream: self
+                .max_stanza_bytes
+                .saturating_mul(6)
+                .saturating_add(64 * 1024),
             fixed: FIXED_BYTES,
         }
     }

@@ -73,8 +73,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
             "request target must be a path starting with /",
         ));
     }
+    // A fragment never belongs to the request; drop it wherever it starts.
+    let target = target.split('#').next().unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = query.split('#').next().unwrap_or("");
     let mut head = Head {
         method,
         path: path.to_string(),
@@ -99,7 +100,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
         }
         let value = std::str::from_utf8(header.value)
             .map_err(|_| Reject::Malformed("a header value is not UTF-8"))?
-            .trim()
+            // Only HTTP's own whitespace (RFC 9110 OWS): `str::trim` would also eat U+2028,
+            // U+3000…, which an event id may end with.
+            .trim_matches([' ', '\t'])
             .to_string();
         if name.eq_ignore_ascii_case("last-event-id") {
             head.last_event_id = Some(value);
@@ -108,7 +111,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
         } else if name.eq_ignore_ascii_case("authorization") {
             let (scheme, token) = value.split_once(' ').unwrap_or((&value, ""));
             if scheme.eq_ignore_ascii_case("bearer") {
-                head.bearer = Some(token.trim().to_string());
+                head.bearer = Some(token.trim_matches([' ', '\t']).to_string());
             }
         } else if name.eq_ignore_ascii_case("if-none-match") {
             head.if_none_match = Some(value);
@@ -134,9 +137,10 @@ pub fn percent_decode(text: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits exactly: `u8::from_str_radix` alone would take `%+1` as 0x01.
+            let hi = char::from(*bytes.get(i + 1)?).to_digit(16)?;
+            let lo = char::from(*bytes.get(i + 2)?).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
             i += 3;
         } else {
             out.push(bytes[i]);

@@ -98,7 +98,12 @@ impl Default for Json {
 /// True when `id` can go on an SSE `id:` line: no CR, LF or NUL (they would end the line or be
 /// ignored by the client), not empty, at most 256 bytes.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 256 && !id.bytes().any(|b| b < 0x20 || b == 0x7f)
+    !id.is_empty()
+        && id.len() <= 256
+        && !id.bytes().any(|b| b < 0x20 || b == 0x7f)
+        // The browser sends it back as `Last-Event-ID`, whose value loses its outer spaces.
+        && !id.starts_with(' ')
+        && !id.ends_with(' ')
 }
 
 /// One SSE event: optional `event:` type, `id:` (checked with [`valid_id`] by the caller), the

@@ -118,6 +118,14 @@ impl Splitter {
             let at = self.pos;
             let b = self.buf[at];
             self.pos += 1;
+            // Checked at every byte, not once per feed: the limit then does not depend on how
+            // the bytes were chunked (a whole oversized stanza in one read is refused too).
+            if self.pos - self.consumed > self.max_bytes {
+                return error(format!(
+                    "stanza larger than max_stanza_bytes ({} bytes)",
+                    self.max_bytes
+                ));
+            }
             match self.state {
                 State::Text => {
                     if b == b'<' {
@@ -226,13 +234,6 @@ impl Splitter {
                     };
                 }
             }
-        }
-        let pending = self.buf.len() - self.consumed;
-        if pending > self.max_bytes {
-            return error(format!(
-                "stanza larger than max_stanza_bytes ({} bytes)",
-                self.max_bytes
-            ));
         }
         Ok(None)
     }
