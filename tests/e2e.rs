@@ -270,6 +270,7 @@ fn a_room_that_does_not_exist_is_not_created() {
     let daemon = Daemon::spawn_raw(&Daemon::config_text(&prosody, &["lobby", "ghost"], ""));
     daemon.expect_log("joined room lobby@", T);
     daemon.expect_log("ghost@conference.localhost does not exist", T);
+    assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
     prosody.register("bob", "bobpass");
     let mut bob = XmppClient::connect(&prosody, "bob", "bobpass");
     let jid = bob.room_jid("ghost");

@@ -6,7 +6,7 @@ use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
 use crate::rooms::frame::Json;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
+use crate::rooms::table::{JoinState, ROOM_MISSING, RoomTable, count};
 
 /// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
 /// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
@@ -222,8 +222,9 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         return reply(Reply::text(404, "no such room is served here\n"));
     };
     let room = table.room(index);
-    if room.origin() != Origin::Configured && room.state() == JoinState::Failed(ROOM_MISSING) {
-        return reply(Reply::text(404, "no such room\n"));
+    if room.state() == JoinState::Failed(ROOM_MISSING) {
+        // The MUC service says so (disco#info); the room is never created by us.
+        return reply(Reply::text(404, "no such room on the MUC service\n"));
     }
     match access::check(config, room, head) {
         Access::Allow => {}
