@@ -428,3 +428,44 @@ fn resume_across_a_daemon_restart_right_after_it_starts() {
     }
     assert_eq!(got, vec!["three"], "exactly the missed message, once");
 }
+
+#[test]
+fn a_resume_older_than_the_ring_is_filled_from_the_rooms_archive() {
+    let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    let daemon = Daemon::start(&prosody, &["lobby"], "ring_events = 4\nhistory = 0");
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send_groupchat("lobby", "seen");
+    let seen = messages(&mut sub, 1);
+    drop(sub);
+    let missed: Vec<String> = (0..7).map(|i| format!("missed {i}")).collect();
+    for body in &missed {
+        alice.send_groupchat("lobby", body);
+    }
+    alice.wait_for("missed 6", T);
+    // The ring holds only the last four: the first three come from the archive.
+    let mut probe = SseClient::connect(daemon.http, "/eventsource/lobby?history=4", &[]);
+    assert_eq!(messages(&mut probe, 4).len(), 4);
+    let mut resumed = SseClient::connect(
+        daemon.http,
+        "/eventsource/lobby",
+        &[("Last-Event-ID", &seen[0].last_event_id)],
+    );
+    let mut got = Vec::new();
+    while got.len() < missed.len() {
+        let e = resumed.next_event(T).expect("the missed messages");
+        assert_ne!(e.event_type, "gap", "the archive filled it: {e:?}");
+        if e.event_type == "message" {
+            got.push(body(&e));
+        }
+    }
+    assert_eq!(got, missed, "all missed messages, once, in order");
+    assert!(resumed.next_event(Duration::from_millis(300)).is_none());
+    assert!(
+        daemon.log().contains("from the archive"),
+        "{}",
+        daemon.log()
+    );
+}

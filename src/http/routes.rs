@@ -32,6 +32,8 @@ pub enum Start {
     After(String),
     /// With the last `n` events held (`?history=n`).
     Last(usize),
+    /// With this ring sequence number (after messages fetched from the room's archive).
+    FromSeq(u64),
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -286,6 +286,7 @@ async fn connection(
             mask,
             head: stream_head,
         } => {
+            let room_index = room;
             if !resumable(server, &socket, &head, &[room], &start).await {
                 return;
             }
@@ -299,8 +300,10 @@ async fn connection(
                 room.jid(),
                 room.subscribers()
             );
-            let (opening, first) =
+            let (start, archived) = from_archive(server.table, room_index, start).await;
+            let (mut opening, first) =
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
+            opening.extend_from_slice(&archived);
             let ended = sse::stream(&sub, &socket, opening, first, mask).await;
             match ended {
                 sse::Ended::Lapped => log::debug!(
@@ -358,6 +361,65 @@ async fn connection(
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
     }
+}
+
+/// How long a resume waits for the room's archive.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
+
+/// A resume from an id the ring no longer holds, in a room with an archive (MAM): the messages
+/// after that id are fetched from the archive and sent first, then the ring from where the
+/// archive meets it. Returns where the ring part starts and the archived events' bytes. Anything
+/// else (no archive, no answer, the id unknown to the archive too) leaves `start` as it is,
+/// and the stream says `gap`.
+async fn from_archive(
+    table: &RoomTable,
+    room: usize,
+    start: routes::Start,
+) -> (routes::Start, Vec<u8>) {
+    let routes::Start::After(id) = &start else {
+        return (start, Vec::new());
+    };
+    let r = table.room(room);
+    if r.ring().resume_point(id).is_some() || !r.info.borrow().mam {
+        return (start, Vec::new());
+    }
+    let Some(found) = table.archive.fetch(room, id, ARCHIVE_WAIT).await else {
+        return (start, Vec::new());
+    };
+    let ring = r.ring();
+    // The first archived message the ring also holds is where the ring takes over.
+    let meet = found
+        .messages
+        .iter()
+        .position(|m| ring.find_id(&m.id).is_some());
+    let mut bytes = Vec::new();
+    for m in &found.messages[..meet.unwrap_or(found.messages.len())] {
+        bytes.extend_from_slice(&m.frame);
+    }
+    log::debug!(
+        "{}: resumed {} messages from the archive",
+        r.jid(),
+        meet.unwrap_or(found.messages.len())
+    );
+    let next = match meet {
+        Some(i) => ring.find_id(&found.messages[i].id).unwrap_or(ring.oldest()),
+        None => {
+            if !found.complete {
+                let json = crate::rooms::frame::Json::new()
+                    .str("lastEventId", id)
+                    .str(
+                        "reason",
+                        "the archive holds more messages than one resume fetches; some may be missing",
+                    )
+                    .finish();
+                bytes.extend_from_slice(b"event: gap\ndata: ");
+                bytes.extend_from_slice(&json);
+                bytes.extend_from_slice(b"\n\n");
+            }
+            ring.oldest()
+        }
+    };
+    (routes::Start::FromSeq(next), bytes)
 }
 
 /// How long a resuming client may wait for its rooms to finish joining.

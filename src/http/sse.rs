@@ -140,6 +140,7 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
     let seq = match start {
         Start::Live => ring.head(),
         Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
+        Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
         Start::After(id) => match ring.resume_point(id) {
             Some(seq) => seq,
             None => {

@@ -1,6 +1,7 @@
 //! The middle of the data flow: rooms, their rings of formatted event frames, and the subscriber
 //! table. The XMPP side writes here; the HTTP side reads from here.
 
+pub mod archive;
 pub mod feed;
 pub mod frame;
 pub mod ring;

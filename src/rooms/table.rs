@@ -70,6 +70,8 @@ pub struct RoomInfo {
     pub members_only: bool,
     /// disco#info said `muc_passwordprotected`.
     pub password: bool,
+    /// disco#info said `urn:xmpp:mam:2`: the room keeps an archive to fill resume gaps from.
+    pub mam: bool,
     /// disco#info was answered (the flags above are known).
     pub known: bool,
     pub subject: String,
@@ -188,6 +190,8 @@ pub struct RoomTable {
     /// run are never mistaken for this run's.
     epoch: String,
     pub stats: Stats,
+    /// Requests to fill resume gaps from rooms' archives.
+    pub archive: super::archive::Archive,
 }
 
 /// A subscriber's place in the table; frees the slot when dropped.
@@ -239,6 +243,7 @@ impl RoomTable {
             room_cap: Cell::new(0),
             epoch: epoch_prefix(),
             stats: Stats::default(),
+            archive: super::archive::Archive::default(),
         }
     }
 

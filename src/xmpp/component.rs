@@ -4,7 +4,7 @@
 //!
 //! This task is the only writer of the upstream socket and the only publisher into the rooms.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::rc::Rc;
@@ -16,7 +16,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
 use super::muc::{self, MucEvent};
 use super::stream::{Element, Piece, Splitter, StreamError, escape};
 use crate::config::{AuthFailure, Config};
+use crate::rooms::archive::{Archived, Fetch, Found, MAX_FETCH};
 use crate::rooms::feed::{Feed, Message};
+use crate::rooms::frame;
 use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -244,6 +246,10 @@ fn sync_links(config: &Config, table: &RoomTable, links: &mut Vec<RoomLink>) -> 
 }
 
 struct Upstream {
+    /// Archive queries sent and not answered yet: query id → (request, messages so far).
+    mam: HashMap<String, (Rc<Fetch>, Vec<Archived>)>,
+    /// Numbers the archive queries of this session.
+    mam_sent: u64,
     socket: Async<TcpStream>,
     splitter: Splitter,
     last_write: Instant,
@@ -387,6 +393,8 @@ async fn session(
         Err(end) => return end,
     };
     let mut up = Upstream {
+        mam: HashMap::new(),
+        mam_sent: 0,
         socket,
         splitter: Splitter::new(config.max_stanza_bytes, MAX_DEPTH),
         last_write: Instant::now(),
@@ -424,7 +432,12 @@ async fn session(
         config.component,
         links.len()
     ));
-    match serve(settings, table, shutdown, &mut up, links, &mut buf).await {
+    let served = serve(settings, table, shutdown, &mut up, links, &mut buf).await;
+    for (_, (fetch, _)) in up.mam.drain() {
+        fetch.finish(Err("the link to the XMPP server was lost".into()));
+        table.archive.done();
+    }
+    match served {
         Ok(()) => {
             for (index, link) in links.iter().enumerate() {
                 if link.phase == Phase::Joined {
@@ -512,6 +525,7 @@ async fn serve(
                     _ => {}
                 }
                 let now = Instant::now();
+                send_archive_queries(config, table, up).await?;
                 settings.add_pending(table);
                 let todo = sync_links(config, table, links);
                 for (jid, nick) in todo.leave {
@@ -610,6 +624,72 @@ async fn join(
         config.password_for(&table.room(index).node()),
     ))
     .await
+}
+
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+
+/// Sends the archive queries the HTTP side asked for (XEP-0313, with an RSM `after`).
+async fn send_archive_queries(
+    config: &Config,
+    table: &RoomTable,
+    up: &mut Upstream,
+) -> io::Result<()> {
+    while let Some(fetch) = table.archive.next_request() {
+        let room = table.room(fetch.room);
+        if room.is_free() || !room.info.borrow().mam {
+            fetch.finish(Err("the room has no archive".into()));
+            table.archive.done();
+            continue;
+        }
+        up.mam_sent += 1;
+        let query = format!("q{}", up.mam_sent);
+        up.send(&format!(
+            "<iq type='set' id='mam-{query}' from='{}' to='{}'><query xmlns='{NS_MAM}' queryid='{query}'><set xmlns='{NS_RSM}'><max>{MAX_FETCH}</max><after>{}</after></set></query></iq>",
+            escape(&config.component),
+            escape(&room.jid()),
+            escape(&fetch.after)
+        ))
+        .await?;
+        up.mam.insert(query, (fetch, Vec::new()));
+    }
+    Ok(())
+}
+
+/// An archived message of a query in flight: `<message><result queryid id><forwarded>
+/// <message from='room/nick'><body/>`. Returns whether the stanza was one.
+fn archive_result(up: &mut Upstream, stanza: &Element) -> bool {
+    let Some(result) = stanza.child("result", NS_MAM) else {
+        return false;
+    };
+    let (Some(query), Some(id)) = (result.attr("queryid"), result.attr("id")) else {
+        return true;
+    };
+    let Some((_, messages)) = up.mam.get_mut(query) else {
+        return true;
+    };
+    let Some(message) = result
+        .child("forwarded", NS_FORWARD)
+        .and_then(|f| f.children.iter().find(|c| c.name == "message"))
+    else {
+        return true;
+    };
+    let Some(body) = message.children.iter().find(|c| c.name == "body") else {
+        return true;
+    };
+    if !frame::valid_id(id) || messages.len() >= MAX_FETCH {
+        return true;
+    }
+    let nick = message
+        .attr("from")
+        .and_then(|f| muc::split_jid(f).1)
+        .filter(|n| !n.is_empty());
+    messages.push(Archived {
+        id: id.into(),
+        frame: frame::message(id, nick, &body.text),
+    });
+    true
 }
 
 /// On-demand rooms are joined while read: a room left idle is joined again when a subscriber
@@ -711,6 +791,9 @@ async fn handle(
     }
     if stanza.name == "iq" {
         return handle_iq(config, table, up, links, stanza).await;
+    }
+    if stanza.name == "message" && archive_result(up, stanza) {
+        return Ok(());
     }
     // Rooms no longer served (a retired entry keeps its name until reused) are not ours.
     let served = |jid: &str| table.find_jid(jid).filter(|&i| !table.room(i).is_free());
@@ -915,6 +998,23 @@ async fn handle_iq(
             };
             up.send(&reply).await?;
         }
+        Some(kind @ ("result" | "error")) if id.starts_with("mam-") => {
+            if let Some((fetch, messages)) = up.mam.remove(&id["mam-".len()..]) {
+                table.archive.done();
+                if kind == "result" {
+                    let complete = iq
+                        .child("fin", NS_MAM)
+                        .is_some_and(|f| f.attr("complete") == Some("true"));
+                    fetch.finish(Ok(Found { messages, complete }));
+                } else {
+                    let condition = match muc::classify(iq, None) {
+                        MucEvent::JoinError { condition, .. } => condition.to_string(),
+                        _ => "error".into(),
+                    };
+                    fetch.finish(Err(condition));
+                }
+            }
+        }
         Some("result") if id == "rooms-list" => {
             let items = iq
                 .child("query", NS_DISCO_ITEMS)
@@ -1010,6 +1110,7 @@ async fn handle_iq(
                     info.public = has("muc_public");
                     info.members_only = has("muc_membersonly");
                     info.password = has("muc_passwordprotected");
+                    info.mam = has(NS_MAM);
                 }
                 join(config, table, up, &mut links[index], index).await?;
                 return Ok(());
