@@ -83,6 +83,12 @@ impl Daemon {
     /// is parsed from its `listen =` line (127.0.0.1:0 if absent or unparsable) and
     /// [`Daemon::muc`] from its `muc =` line.
     pub fn spawn_raw(config_text: &str) -> Daemon {
+        Daemon::spawn_with(config_text, &[bin().as_os_str()])
+    }
+
+    /// Like [`Daemon::spawn_raw`] with another command line before `--config FILE`, e.g.
+    /// `["qemu-aarch64", "dist/muc-eventsource-aarch64-unknown-linux-gnu"]`.
+    pub fn spawn_with(config_text: &str, command: &[&std::ffi::OsStr]) -> Daemon {
         let dir = TempDir::new("muc-es-daemon");
         let config_path = dir.join("muc-eventsource.conf");
         let log_path = dir.join("daemon.log");
@@ -92,8 +98,9 @@ impl Daemon {
             .append(true)
             .open(&log_path)
             .expect("create daemon log");
-        let bin = bin();
+        let bin = PathBuf::from(command[0]);
         let child = Command::new(&bin)
+            .args(&command[1..])
             .arg("--config")
             .arg(&config_path)
             .current_dir(dir.path())
