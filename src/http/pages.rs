@@ -84,7 +84,7 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
          <meta name=\"color-scheme\" content=\"light dark\">\n\
          <meta http-equiv=\"refresh\" content=\"{INDEX_REFRESH_SECS}\">\n\
          <title>Rooms · muc-eventsource</title>\n\
-         <link rel=\"stylesheet\" href=\"/assets/monitor.css?v={css}\">\n\
+         <link rel=\"stylesheet\" href=\"assets/monitor.css?v={css}\">\n\
          </head><body class=\"index\">\n<h1>Rooms</h1>\n\
          <p class=\"link\">Chat server link: <strong id=\"upstream\" class=\"{cls}\">{state}</strong> \
          · {reconnects} reconnect{s} · {subs} subscriber{s2}</p>\n\
@@ -107,7 +107,7 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
     }
     html.push_str(&format!(
         "</tbody></table>\n<footer class=\"dim\">muc-eventsource {} · \
-         <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></footer>\n\
+         <a href=\"metrics\">metrics</a> · <a href=\"healthz\">health</a></footer>\n\
          </body></html>\n",
         env!("CARGO_PKG_VERSION")
     ));
@@ -164,7 +164,7 @@ fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: Syste
         None => "<span class=\"dim\">none yet</span>".to_string(),
     };
     html.push_str(&format!(
-        "<tr><td><a href=\"/view/{node}{token}\">{name}</a><br><span class=\"dim\">{jid}</span></td>\
+        "<tr><td><a href=\"view/{node}{token}\">{name}</a><br><span class=\"dim\">{jid}</span></td>\
          <td class=\"{class}\">{state}{flags}</td><td class=\"subject\">{subject}</td>\
          <td class=\"n\">{occupants}</td><td>{last}</td><td class=\"n\">{subs}</td></tr>\n",
         name = escape(&room.node()),
@@ -212,17 +212,17 @@ pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> R
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <meta name=\"color-scheme\" content=\"light dark\">\n\
          <title>{title}</title>\n\
-         <link rel=\"stylesheet\" href=\"/assets/monitor.css?v={css}\">\n\
-         <script src=\"/assets/view.js?v={js}\" defer></script>\n\
+         <link rel=\"stylesheet\" href=\"../assets/monitor.css?v={css}\">\n\
+         <script src=\"../assets/view.js?v={js}\" defer></script>\n\
          </head><body class=\"view{kiosk}\" data-room=\"{node}\" data-status=\"{status}\" \
          data-reason=\"{reason}\">\n\
          <header><h1 id=\"subject\" data-room=\"{node}\">{subject}</h1>\n\
          <div class=\"meta\"><span>{jid}</span><span id=\"state\" class=\"connecting\">connecting…</span>\
-         <span class=\"grow\"></span><a id=\"home\" class=\"chrome\" href=\"/\">all rooms</a></div></header>\n\
+         <span class=\"grow\"></span><a id=\"home\" class=\"chrome\" href=\"../\">all rooms</a></div></header>\n\
          <div id=\"banner\" role=\"status\" aria-live=\"assertive\"></div>\n\
          <main id=\"log\" aria-live=\"polite\"></main>\n\
          <noscript><p class=\"note\">The live view needs JavaScript; the raw stream is \
-         <a href=\"/eventsource/{encoded}\">/eventsource/{node}</a>.</p></noscript>\n\
+         <a href=\"../eventsource/{encoded}\">eventsource/{node}</a>.</p></noscript>\n\
          </body></html>\n",
         title = escape(&title),
         css = version(CSS),
@@ -525,7 +525,7 @@ mod tests {
         let html = body(&index);
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
-        assert!(html.contains("href=\"/view/room3?token=a%26b\""));
+        assert!(html.contains("href=\"view/room3?token=a%26b\""));
         assert!(
             html.len() <= PAGE_BUDGET,
             "index with 24 rooms: {} bytes",
@@ -592,7 +592,7 @@ mod tests {
         }
         let html = body(&get("GET / HTTP/1.1\r\n\r\n", &t).unwrap());
         assert!(html.contains("class=\"ok\">up</strong>"), "{html}");
-        assert!(html.contains("href=\"/view/caf%C3%A9\">café</a>"), "{html}");
+        assert!(html.contains("href=\"view/caf%C3%A9\">café</a>"), "{html}");
         assert!(html.contains(">Welcome<"));
         assert!(html.contains(">3<"));
         assert!(html.contains("2 min ago"));
@@ -608,7 +608,7 @@ mod tests {
         assert!(!html.contains("secret plans"), "{html}");
         assert!(html.contains("needs a read token"));
         assert!(
-            html.contains("href=\"/view/caf%C3%A9\""),
+            html.contains("href=\"view/caf%C3%A9\""),
             "the public room is listed"
         );
         let r = get_with("GET /view/lobby HTTP/1.1\r\n\r\n", &t, &c).unwrap();
@@ -624,7 +624,7 @@ mod tests {
         );
         let html = body(&get_with("GET /?token=s3cret HTTP/1.1\r\n\r\n", &t, &c).unwrap());
         assert!(html.contains("secret plans"));
-        assert!(html.contains("href=\"/view/lobby?token=s3cret\""));
+        assert!(html.contains("href=\"view/lobby?token=s3cret\""));
         // Not known yet whether the room is public: the view, without the subject.
         t.room(0).info.borrow_mut().known = false;
         let r = get("GET /view/lobby HTTP/1.1\r\n\r\n", &t).unwrap();

@@ -28,7 +28,7 @@
 
   if (token) {
     var home = d.getElementById('home');
-    if (home) home.href = '/?token=' + encodeURIComponent(token);
+    if (home) home.href = '../?token=' + encodeURIComponent(token);
   }
 
   function url() {
@@ -37,7 +37,7 @@
     // EventSource's own reconnects send Last-Event-ID (which wins over history); a new
     // EventSource after the browser gave up resumes by id in the query instead.
     if (lastId) q.set('lastEventId', lastId); else q.set('history', history);
-    return '/eventsource/' + encodeURIComponent(room) + '?' + q.toString();
+    return '../eventsource/' + encodeURIComponent(room) + '?' + q.toString();
   }
 
   function render() {
