@@ -359,8 +359,15 @@ fn several_rooms_on_one_stream_resume_every_room() {
     alice.wait_for("n2", T);
     alice.send_groupchat("lobby", "l3");
     alice.wait_for("l3", T);
-    let mut probe = SseClient::connect(daemon.http, "/eventsource/lobby?history=1", &[]);
-    assert_eq!(bodies(&messages(&mut probe, 1)), vec!["l3"]);
+    // Wait until the daemon has published l3 (alice's echo can come first).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let mut probe = SseClient::connect(daemon.http, "/eventsource/lobby?history=1", &[]);
+        if bodies(&probe.collect(1, Duration::from_millis(500))) == vec!["l3"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "l3 never reached the daemon");
+    }
     let mut resumed = SseClient::connect(daemon.http, path, &[("Last-Event-ID", &last)]);
     let events = messages(&mut resumed, 2);
     assert_eq!(
