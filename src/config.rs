@@ -64,6 +64,9 @@ pub struct Config {
     pub max_stanza_bytes: usize,
     /// Largest HTTP request head accepted, in bytes.
     pub max_head_bytes: usize,
+    /// Kernel send buffer of each stream's socket (0 = the kernel's default): bounds what a
+    /// reader that stopped reading holds in the kernel, and how soon it falls off the ring.
+    pub send_buffer_bytes: usize,
     /// Time a client has to send its request head.
     pub header_timeout: Duration,
     /// Whitespace keepalive interval on the component link; after as long without anything
@@ -300,6 +303,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "discover_secs",
         Some("300"),
         "how often `rooms = *` fetches the room list",
+    ),
+    (
+        "send_buffer_bytes",
+        Some("65536"),
+        "kernel send buffer per stream socket, 0 = the kernel's default",
     ),
 ];
 
@@ -661,6 +669,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
         max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
         max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
+        send_buffer_bytes: number("send_buffer_bytes", 0, 64 << 20)?,
         header_timeout: secs(number("header_timeout_secs", 1, 3600)?),
         keepalive: secs(number("keepalive_secs", 1, 86400)?),
         ping_timeout: secs(number("ping_timeout_secs", 1, 3600)?),
@@ -866,6 +875,7 @@ impl Config {
         line("ring_bytes", self.ring_bytes.to_string());
         line("max_stanza_bytes", self.max_stanza_bytes.to_string());
         line("max_head_bytes", self.max_head_bytes.to_string());
+        line("send_buffer_bytes", self.send_buffer_bytes.to_string());
         line(
             "header_timeout_secs",
             self.header_timeout.as_secs().to_string(),

@@ -200,6 +200,7 @@ struct Delivery {
     max: u64,
     events_per_s: f64,
     recv_cpu_pct: f64,
+    recv_wait_pct: f64,
     reads: u64,
     gaps: u64,
 }
@@ -217,6 +218,7 @@ impl Delivery {
             max: r.hist.max(),
             events_per_s: r.delivered as f64 / span,
             recv_cpu_pct: 100.0 * r.cpu_ns as f64 / r.wall_ns.max(1) as f64,
+            recv_wait_pct: 100.0 * r.wait_ns as f64 / r.wall_ns.max(1) as f64,
             reads: r.reads,
             gaps: r.gaps,
         }
@@ -241,6 +243,9 @@ struct Row {
     d: Delivery,
     daemon_cpu_s: f64,
     daemon_ticks_s: f64,
+    /// Share of the measured window the daemon was on a CPU / runnable but waiting for one.
+    daemon_cpu_pct: f64,
+    daemon_wait_pct: f64,
     rss_idle: u64,
     rss_subs: u64,
     rss_after: u64,
@@ -405,6 +410,8 @@ impl Bench {
             d: Delivery::from(&r, expected, sent.first_us),
             daemon_cpu_s: (c1.daemon_ns - c0.daemon_ns) as f64 / 1e9,
             daemon_ticks_s: (c1.daemon_ticks - c0.daemon_ticks) as f64 / stats::clk_tck() as f64,
+            daemon_cpu_pct: 100.0 * (c1.daemon_ns - c0.daemon_ns) as f64 / 1e9 / wall,
+            daemon_wait_pct: 100.0 * (c1.daemon_wait_ns - c0.daemon_wait_ns) as f64 / 1e9 / wall,
             rss_idle,
             rss_subs,
             rss_after,
@@ -426,7 +433,7 @@ impl Bench {
             ));
         }
         progress(&format!(
-            "{}: sent {:.1}/s, {:.0} events/s, loss {}, p50 {} p99 {} max {} ms, daemon {:.3} µs/event ({:.3} s CPU; utime+stime {:.2} s), rx CPU {:.0}%, Prosody {:.0}%, host {:.0}%, echo p99 {} ms, {} B/frame, {:.1} events/read",
+            "{}: sent {:.1}/s, {:.0} events/s, loss {}, p50 {} p99 {} max {} ms, daemon {:.3} µs/event ({:.3} s CPU; utime+stime {:.2} s; on CPU {:.0}%, waiting for a CPU {:.0}%), rx CPU {:.0}% (waiting {:.0}%), Prosody {:.0}%, host {:.0}%, echo p99 {} ms, {} B/frame, {:.1} events/read",
             cfg.label,
             row.sent_rate,
             row.d.events_per_s,
@@ -437,7 +444,10 @@ impl Bench {
             row.us_per_event(),
             row.daemon_cpu_s,
             row.daemon_ticks_s,
+            row.daemon_cpu_pct,
+            row.daemon_wait_pct,
             row.d.recv_cpu_pct,
+            row.d.recv_wait_pct,
             row.prosody_cpu_pct,
             row.host_busy_pct,
             ms(row.echo_p99),
@@ -634,10 +644,10 @@ fn machine() -> String {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "| configuration | offered msg/s | sent msg/s | delivered msg/s | events/s | loss | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s / 1000 ev | daemon µs/ev | baseline µs/ev | ratio | RSS idle → with subs KiB | B/sub | rx CPU % | Prosody CPU % | host busy % |"
+        "| configuration | offered msg/s | sent msg/s | delivered msg/s | events/s | loss | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s / 1000 ev | daemon µs/ev | baseline µs/ev | ratio | RSS idle → with subs KiB | B/sub | daemon CPU % / runq wait % | rx CPU % / runq wait % | Prosody CPU % | host busy % |"
     );
     println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let per_room = (r.cfg.n / r.cfg.rooms).max(1) as f64;
@@ -649,7 +659,7 @@ fn print_rows(rows: &[Row]) {
             None => ("–".into(), "–".into()),
         };
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {:.5} | {:.2} | {base} | {ratio} | {} → {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {:.5} | {:.2} | {base} | {ratio} | {} → {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} | {:.0} |",
             r.cfg.label,
             r.cfg.rate,
             r.sent_rate,
@@ -665,7 +675,10 @@ fn print_rows(rows: &[Row]) {
             r.rss_idle,
             r.rss_subs,
             r.bytes_per_sub(),
+            r.daemon_cpu_pct,
+            r.daemon_wait_pct,
             r.d.recv_cpu_pct,
+            r.d.recv_wait_pct,
             r.prosody_cpu_pct,
             r.host_busy_pct,
         );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use polling::{Event, Events, PollMode, Poller};
 
 use crate::poster::parse_stamp;
-use crate::stats::{Hist, now_us, thread_cpu_ns};
+use crate::stats::{Hist, now_us, thread_sched};
 
 /// Connections whose head has not arrived yet, at most (keeps the listen backlog short).
 const OUTSTANDING: usize = 128;
@@ -62,6 +62,8 @@ pub struct RecvResult {
     pub last_recv_us: u64,
     /// This thread's CPU and wall time over the measured window.
     pub cpu_ns: u64,
+    /// Time this thread was runnable but waiting for a CPU (host contention).
+    pub wait_ns: u64,
     pub wall_ns: u64,
 }
 
@@ -266,14 +268,14 @@ fn run(addr: SocketAddr, groups: Vec<Group>, first_seq: u64, ctl: &Ctl) -> RecvR
     ctl.ready.store(true, Ordering::SeqCst);
 
     // Phase 2: receive until told to stop.
-    let mut cpu0 = thread_cpu_ns();
+    let mut sched0 = thread_sched();
     let mut wall0 = Instant::now();
     let mut measuring = false;
     let mut closed = 0u64;
     while !ctl.stop.load(Ordering::Relaxed) {
         if !measuring && ctl.measure.load(Ordering::Relaxed) {
             measuring = true;
-            cpu0 = thread_cpu_ns();
+            sched0 = thread_sched();
             wall0 = Instant::now();
         }
         events.clear();
@@ -303,7 +305,9 @@ fn run(addr: SocketAddr, groups: Vec<Group>, first_seq: u64, ctl: &Ctl) -> RecvR
         }
         ctl.delivered.store(tally.delivered, Ordering::Relaxed);
     }
-    let cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
+    let sched1 = thread_sched();
+    let cpu_ns = sched1.0.saturating_sub(sched0.0);
+    let wait_ns = sched1.1.saturating_sub(sched0.1);
     let wall_ns = wall0.elapsed().as_nanos() as u64;
 
     // Stalled subscribers: drain what the kernel holds; EOF means the server dropped them.
@@ -343,6 +347,7 @@ fn run(addr: SocketAddr, groups: Vec<Group>, first_seq: u64, ctl: &Ctl) -> RecvR
         reads,
         last_recv_us: tally.last_recv_us,
         cpu_ns,
+        wait_ns,
         wall_ns,
     }
 }

@@ -114,12 +114,29 @@ pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Nanoseconds a whole process's threads spent runnable but waiting for a CPU (second field
+/// of `schedstat`): how much the host's other load delayed it.
+pub fn proc_wait_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            total += s.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
+}
+
 /// On-CPU nanoseconds of the calling thread.
 pub fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    thread_sched().0
+}
+
+/// (on-CPU, waiting-for-a-CPU) nanoseconds of the calling thread.
+pub fn thread_sched() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+    (f.next().unwrap_or(0), f.next().unwrap_or(0))
 }
 
 /// `VmRSS` of a process in KiB.
@@ -211,6 +228,7 @@ pub fn host_jiffies() -> (u64, u64) {
 pub struct CpuSnap {
     pub at: Instant,
     pub daemon_ns: u64,
+    pub daemon_wait_ns: u64,
     pub daemon_ticks: u64,
     pub prosody_ns: u64,
     pub host: (u64, u64),
@@ -221,6 +239,7 @@ impl CpuSnap {
         CpuSnap {
             at: Instant::now(),
             daemon_ns: proc_cpu_ns(daemon).unwrap_or(0),
+            daemon_wait_ns: proc_wait_ns(daemon).unwrap_or(0),
             daemon_ticks: proc_ticks(daemon).unwrap_or(0),
             prosody_ns: proc_cpu_ns(prosody).unwrap_or(0),
             host: host_jiffies(),

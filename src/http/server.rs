@@ -144,10 +144,7 @@ pub async fn serve(
         // Counted now, not when the task first runs: a burst of accepts must see the count grow.
         let pending = Pending::new(&server.pending);
         executor
-            .spawn(async move {
-                let _per_ip = per_ip;
-                connection(server, socket, peer, pending).await;
-            })
+            .spawn(connection(server, executor, socket, peer, pending, per_ip))
             .detach();
     }
 }
@@ -208,16 +205,21 @@ impl Drop for Pending<'_> {
 
 async fn connection(
     server: &'static Server,
+    executor: &'static LocalExecutor<'static>,
     socket: Async<TcpStream>,
     peer: SocketAddr,
     pending: Pending<'static>,
+    per_ip: PerIp,
 ) {
     let live = server.settings.get();
     let config: &Config = &live;
-    let head = future::or(read_head(&socket, config.max_head_bytes), async {
-        Timer::after(config.header_timeout).await;
-        Err(None)
-    })
+    let head = Box::pin(future::or(
+        read_head(&socket, config.max_head_bytes),
+        async {
+            Timer::after(config.header_timeout).await;
+            Err(None)
+        },
+    ))
     .await;
     drop(pending);
     let head = match head {
@@ -287,11 +289,11 @@ async fn connection(
             head: stream_head,
         } => {
             let room_index = room;
-            if !resumable(server, &socket, &head, &[room], &start).await {
+            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
                 return;
             }
             let Some(sub) = server.table.subscribe(room) else {
-                table_full(server, &socket, &head, peer).await;
+                Box::pin(table_full(server, &socket, &head, peer)).await;
                 return;
             };
             let room = sub.room();
@@ -300,19 +302,32 @@ async fn connection(
                 room.jid(),
                 room.subscribers()
             );
-            let (start, archived) = from_archive(server.table, room_index, start).await;
+            let (start, archived) = Box::pin(from_archive(server.table, room_index, start)).await;
             let (mut opening, first) =
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
-            let ended = sse::stream(&sub, &socket, opening, first, mask).await;
-            match ended {
-                sse::Ended::Lapped => log::debug!(
-                    "{peer}: dropped from {}: fell more than the ring behind ({} dropped so far)",
-                    room.jid(),
-                    server.table.stats.dropped_slow.get()
-                ),
-                other => log::debug!("{peer}: stream of {} ended: {other:?}", room.jid()),
+            if config.send_buffer_bytes > 0 {
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(
+                    socket.get_ref(),
+                    config.send_buffer_bytes,
+                );
             }
+            // The stream runs as a task of its own holding only what it needs, so nothing of
+            // this (much larger) request-handling future stays allocated per subscriber.
+            let room = room.jid();
+            executor
+                .spawn(async move {
+                    let _per_ip = per_ip;
+                    let ended = sse::stream(&sub, &socket, opening, first, mask).await;
+                    match ended {
+                        sse::Ended::Lapped => log::debug!(
+                            "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",
+                            sub.stats().dropped_slow.get()
+                        ),
+                        other => log::debug!("{peer}: stream of {room} ended: {other:?}"),
+                    }
+                })
+                .detach();
         }
         Route::Multi {
             rooms,
@@ -331,7 +346,7 @@ async fn connection(
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
-            if !resumable(server, &socket, &head, &rooms, &start).await {
+            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
                 return;
             }
             let _multi = Pending::new(&server.multi_streams);
@@ -339,7 +354,7 @@ async fn connection(
             for &room in &rooms {
                 let Some(sub) = server.table.subscribe(room) else {
                     drop(follows);
-                    table_full(server, &socket, &head, peer).await;
+                    Box::pin(table_full(server, &socket, &head, peer)).await;
                     return;
                 };
                 follows.push(multi::Follow {
@@ -357,7 +372,9 @@ async fn connection(
                 nodes.len(),
                 nodes.join(", ")
             );
-            let ended = multi::stream(&mut follows, &socket, opening, mask).await;
+            // Boxed, like the other rare paths: a connection's future is as large as its largest
+            // state, and it lives as long as the stream.
+            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask)).await;
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
     }
@@ -496,8 +513,12 @@ async fn read_head(
     }
 }
 
-/// Writes a short reply, bounded in time, and closes.
+/// Writes a short reply, bounded in time, and closes (boxed: see `Route::Multi`).
 async fn send(socket: &Async<TcpStream>, bytes: &[u8]) {
+    Box::pin(send_now(socket, bytes)).await;
+}
+
+async fn send_now(socket: &Async<TcpStream>, bytes: &[u8]) {
     let mut writer = socket;
     let _ = future::or(
         async {
