@@ -1027,6 +1027,14 @@ mod tests {
     }
 
     #[test]
+    fn the_room_count_is_capped() {
+        // Found by fuzzing: more rooms than max_rooms can hold slipped past the cap.
+        let rooms: Vec<String> = (0..4097).map(|i| format!("r{i}")).collect();
+        let text = MINIMAL.replace("lobby, news", &rooms.join(","));
+        assert!(parse("t", &text).is_err());
+    }
+
+    #[test]
     fn comments_and_blank_lines() {
         let text = format!("# top\n\n{MINIMAL}nick = watcher # trailing comment\n");
         assert_eq!(parse("t", &text).unwrap().nick, "watcher");
