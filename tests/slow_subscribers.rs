@@ -1,5 +1,5 @@
 //! Slow subscribers against a real Prosody: 100 subscribers that never read (tiny receive
-//! buffers, so they fill fast) next to 200 that read continuously, while a real XMPP user
+//! buffers, so they fill fast) next to 1000 that read continuously, while a real XMPP user
 //! posts 500 messages of ~200 bytes as fast as it can.
 //!
 //! Every fast subscriber must get every message, in order (zero loss); the stalled ones must
@@ -21,7 +21,7 @@ use common::sse::{SseClient, SseParser};
 use common::xmpp::XmppClient;
 
 const STALLED: usize = 100;
-const FAST: usize = 200;
+const FAST: usize = 1000;
 const MESSAGES: usize = 500;
 const BODY_BYTES: usize = 200;
 /// Receive buffer asked for on the stalled subscribers: the kernel raises it to its minimum
@@ -135,7 +135,7 @@ fn stalled_subscribers_are_dropped_fast_ones_lose_nothing_memory_stays_bounded()
     prosody.register("alice", "pw");
     let mut alice = XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
-    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nmax_subscribers = 1200");
     let pid = daemon.pid();
     let ceiling = check_config_ceiling(daemon.config_path());
 
