@@ -366,7 +366,10 @@ fn several_rooms_on_one_stream_resume_every_room() {
         if bodies(&probe.collect(1, Duration::from_millis(500))) == vec!["l3"] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "l3 never reached the daemon");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "l3 never reached the daemon"
+        );
     }
     let mut resumed = SseClient::connect(daemon.http, path, &[("Last-Event-ID", &last)]);
     let events = messages(&mut resumed, 2);
