@@ -306,7 +306,7 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "send_buffer_bytes",
-        Some("65536"),
+        Some("0"),
         "kernel send buffer per stream socket, 0 = the kernel's default",
     ),
 ];
