@@ -9,7 +9,7 @@
 //! so pending events are gathered into a small per-stream buffer (at most [`BUFFER`] bytes
 //! beyond one event) before each write.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::task::Poll;
 
@@ -259,13 +259,8 @@ pub async fn stream(
                 }
             }
             Woke::Readable => {
-                let mut scratch = [0u8; 64];
-                match socket.get_ref().read(&mut scratch) {
-                    Ok(0) => return Ended::ClientGone,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Ended::ClientGone,
+                if super::sse::client_left(socket) {
+                    return Ended::ClientGone;
                 }
             }
         }

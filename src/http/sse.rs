@@ -226,17 +226,25 @@ pub async fn stream(
                 }
             }
             Woke::Readable => {
-                // A client never sends anything after its request; read to notice it leaving.
-                let mut scratch = [0u8; 64];
-                match socket.get_ref().read(&mut scratch) {
-                    Ok(0) => return Ended::ClientGone,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Ended::ClientGone,
+                if client_left(socket) {
+                    return Ended::ClientGone;
                 }
             }
         }
+    }
+}
+
+/// A stream's socket became readable: a client never sends anything after its request, so
+/// this reads (and discards) to notice it leaving. `true` when it has gone.
+pub fn client_left(socket: &Async<TcpStream>) -> bool {
+    let mut scratch = [0u8; 64];
+    match socket.get_ref().read(&mut scratch) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
     }
 }
 
