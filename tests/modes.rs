@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::Daemon;
-use common::json::Json;
 use common::prosody::{Prosody, ROOM_OWNER};
 use common::sse::{SseClient, http_get};
 use common::xmpp::XmppClient;
@@ -15,17 +14,7 @@ use common::xmpp::XmppClient;
 const T: Duration = Duration::from_secs(10);
 
 fn body_of(sub: &mut SseClient) -> String {
-    loop {
-        let e = sub.next_event(T).expect("an event");
-        if e.event_type == "message" {
-            return Json::parse(&e.data)
-                .unwrap()
-                .get("body")
-                .and_then(Json::as_str)
-                .unwrap()
-                .to_string();
-        }
-    }
+    sub.next_message_body(T).expect("a message")
 }
 
 #[test]

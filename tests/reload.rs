@@ -14,17 +14,7 @@ use common::xmpp::XmppClient;
 const T: Duration = Duration::from_secs(10);
 
 fn next_message(sub: &mut SseClient) -> String {
-    loop {
-        let e = sub.next_event(T).expect("an event");
-        if e.event_type == "message" {
-            return Json::parse(&e.data)
-                .unwrap()
-                .get("body")
-                .and_then(Json::as_str)
-                .unwrap()
-                .to_string();
-        }
-    }
+    sub.next_message_body(T).expect("a message")
 }
 
 #[test]

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::json::Json;
 use common::prosody::Prosody;
 use common::sse::SseClient;
 use common::xmpp::XmppClient;
@@ -84,16 +83,8 @@ fn soak() {
             }
         }
         for (i, w) in watchers.iter_mut().enumerate() {
-            while let Some(e) = w.next_event(Duration::from_millis(1)) {
-                if e.event_type == "message" {
-                    let body = Json::parse(&e.data)
-                        .unwrap()
-                        .get("body")
-                        .and_then(Json::as_str)
-                        .unwrap()
-                        .to_string();
-                    seen[i].push(body.parse().unwrap());
-                }
+            while let Some(body) = w.next_message_body(Duration::from_millis(1)) {
+                seen[i].push(body.parse().unwrap());
             }
         }
         if n.is_multiple_of(100) {
@@ -104,16 +95,8 @@ fn soak() {
     }
     std::thread::sleep(Duration::from_secs(2));
     for (i, w) in watchers.iter_mut().enumerate() {
-        while let Some(e) = w.next_event(Duration::from_millis(200)) {
-            if e.event_type == "message" {
-                let body = Json::parse(&e.data)
-                    .unwrap()
-                    .get("body")
-                    .and_then(Json::as_str)
-                    .unwrap()
-                    .to_string();
-                seen[i].push(body.parse().unwrap());
-            }
+        while let Some(body) = w.next_message_body(Duration::from_millis(200)) {
+            seen[i].push(body.parse().unwrap());
         }
         let unique: HashSet<u64> = seen[i].iter().copied().collect();
         assert_eq!(

@@ -456,6 +456,21 @@ impl SseClient {
     }
 
     /// The next event, waiting up to `timeout`; `None` on timeout or end of stream.
+    /// The `body` of the next unnamed (message) event, skipping named ones; `None` on timeout.
+    pub fn next_message_body(&mut self, timeout: Duration) -> Option<String> {
+        loop {
+            let e = self.next_event(timeout)?;
+            if e.event_type == "message" {
+                let json = super::json::Json::parse(&e.data).expect("message data is JSON");
+                return Some(
+                    json.get("body")
+                        .and_then(super::json::Json::as_str)?
+                        .to_string(),
+                );
+            }
+        }
+    }
+
     pub fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = Instant::now() + timeout;
         loop {
