@@ -315,10 +315,11 @@ async fn connection(
             // The stream runs as a task of its own holding only what it needs, so nothing of
             // this (much larger) request-handling future stays allocated per subscriber.
             let room = room.jid();
+            let socket = std::rc::Rc::new(socket);
             executor
                 .spawn(async move {
                     let _per_ip = per_ip;
-                    let ended = sse::stream(&sub, &socket, opening, first, mask).await;
+                    let ended = sse::stream(&sub, socket, opening, first, mask).await;
                     match ended {
                         sse::Ended::Lapped => log::debug!(
                             "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",

@@ -2,6 +2,7 @@
 //! table. The XMPP side writes here; the HTTP side reads from here.
 
 pub mod archive;
+pub mod fanout;
 pub mod feed;
 pub mod frame;
 pub mod ring;

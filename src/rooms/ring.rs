@@ -160,6 +160,27 @@ impl Ring {
         self.len == 0
     }
 
+    /// Events the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes of frames the ring holds at most (the newest event is kept whatever its size).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// What [`Ring::oldest`] would be after pushing a frame of `len` bytes.
+    pub fn oldest_after_push(&self, len: usize) -> u64 {
+        let (mut held, mut bytes, mut oldest) = (self.len, self.bytes, self.oldest());
+        while held == self.slots.len() || (held > 0 && bytes + len > self.max_bytes) {
+            bytes -= self.get(oldest).map_or(0, |f| f.len());
+            held -= 1;
+            oldest += 1;
+        }
+        oldest
+    }
+
     /// Adds an event, evicting the oldest ones as the count or byte budget requires.
     /// Returns its sequence number.
     pub fn push(&mut self, entry: Entry) -> u64 {

@@ -5,11 +5,19 @@
 //! Everything here is single-threaded (`Cell`/`RefCell`): it lives on the one executor thread.
 //! Writers (the XMPP side) call [`RoomTable::publish`]; readers (SSE subscribers) hold a
 //! [`Subscription`] and read frames from the ring by sequence number.
+//!
+//! The fan-out: a subscriber that is caught up parks its socket and cursor in its slot
+//! ([`Mode::Parked`]). Publishing an event writes it straight to every parked socket of the
+//! room ([`fanout::write_pending`]), so an event costs one `writev` per subscriber and no task
+//! wake-ups; only a subscriber whose socket is full, who fell behind, or whose write failed has
+//! its task woken. While a [`Batch`] is held (one upstream read), publishing only marks the room,
+//! and the writes happen once for all the events of the batch.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::Waker;
 
+use super::fanout::{self, Cursor, Out, Outlet, Wrote};
 use super::ring::{Entry, Ring};
 
 /// Where the daemon stands with a room upstream.
@@ -59,6 +67,10 @@ pub struct Room {
     /// The join sequence is complete (history replayed, subject received): the ring holds what
     /// a resuming client may ask for.
     synced: Cell<bool>,
+    /// The ring's head when the room's subscribers were last written to (see [`Batch`]).
+    flushed: Cell<u64>,
+    /// Events were published since then.
+    dirty: Cell<bool>,
 }
 
 /// Facts about a room for pages, metrics and access control; written by the XMPP side.
@@ -130,11 +142,46 @@ impl Room {
 
 const NONE: u32 = u32::MAX;
 
+/// How the room table treats a subscriber when its room publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Its task is woken for every new event (multi-room streams; a task that is running).
+    Wake,
+    /// Caught up and idle: new events are written straight to its socket from the slot's
+    /// cursor; the task is woken only when such a write does not complete.
+    Parked,
+    /// Its socket is full and its task waits for it to drain: woken by the table only when the
+    /// ring evicts the event it needs next.
+    Blocked,
+}
+
 struct Slot {
     room: u32,
     next: u32,
     prev: u32,
     waker: Option<Waker>,
+    mode: Cell<Mode>,
+    /// Where the subscriber is in its room's ring (single-room streams).
+    cursor: Cell<Cursor>,
+    /// Event kinds it wants.
+    mask: u8,
+    /// Its socket, for writes from the fan-out while parked.
+    outlet: Option<Rc<dyn Outlet>>,
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            room: NONE,
+            next: NONE,
+            prev: NONE,
+            waker: None,
+            mode: Cell::new(Mode::Wake),
+            cursor: Cell::new(Cursor::default()),
+            mask: 0,
+            outlet: None,
+        }
+    }
 }
 
 struct Subscribers {
@@ -192,6 +239,49 @@ pub struct RoomTable {
     pub stats: Stats,
     /// Requests to fill resume gaps from rooms' archives.
     pub archive: super::archive::Archive,
+    /// [`Batch`]es open: publishing defers the fan-out until the last one closes.
+    batches: Cell<u32>,
+}
+
+/// Defers the fan-out of published events until dropped, so that events arriving together (one
+/// upstream read) share one `writev` per subscriber. A room whose unwritten events would be
+/// evicted by the next publish is written at once, so no parked subscriber is lapped by it.
+pub struct Batch<'t> {
+    table: &'t RoomTable,
+}
+
+impl Batch<'_> {
+    /// Whether some room has held back events filling half its ring (by count or bytes): the
+    /// caller should [`Batch::flush`] and let the woken tasks run before publishing more.
+    pub fn pressing(&self) -> bool {
+        self.table.rooms().iter().any(|r| {
+            if !r.dirty.get() {
+                return false;
+            }
+            let ring = r.ring.borrow();
+            let from = r.flushed.get().max(ring.oldest());
+            let bytes: usize = (from..ring.head())
+                .filter_map(|seq| ring.get(seq))
+                .map(|f| f.len())
+                .sum();
+            2 * (ring.head() - from) >= ring.capacity() as u64 || 2 * bytes >= ring.max_bytes()
+        })
+    }
+
+    /// Writes every held-back event now.
+    pub fn flush(&self) {
+        self.table.flush_dirty();
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let t = self.table;
+        t.batches.set(t.batches.get() - 1);
+        if t.batches.get() == 0 {
+            t.flush_dirty();
+        }
+    }
 }
 
 /// A subscriber's place in the table; frees the slot when dropped.
@@ -221,16 +311,11 @@ impl RoomTable {
                 subscribers: Cell::new(0),
                 info: RefCell::new(RoomInfo::default()),
                 synced: Cell::new(false),
+                flushed: Cell::new(0),
+                dirty: Cell::new(false),
             })
             .collect();
-        let slots = (0..max_subscribers)
-            .map(|_| Slot {
-                room: NONE,
-                next: NONE,
-                prev: NONE,
-                waker: None,
-            })
-            .collect();
+        let slots = (0..max_subscribers).map(|_| Slot::empty()).collect();
         RoomTable {
             rooms,
             used: Cell::new(0),
@@ -244,6 +329,7 @@ impl RoomTable {
             epoch: epoch_prefix(),
             stats: Stats::default(),
             archive: super::archive::Archive::default(),
+            batches: Cell::new(0),
         }
     }
 
@@ -355,17 +441,81 @@ impl RoomTable {
     }
 
     /// Appends the entry `make` builds (given the event's sequence number) to a room's ring and
-    /// wakes that room's subscribers. Returns the sequence number.
+    /// sends it to that room's subscribers (at the end of the [`Batch`], if one is open).
+    /// Returns the sequence number.
     pub fn publish(&self, room: usize, make: impl FnOnce(u64) -> Entry) -> u64 {
-        let mut ring = self.rooms()[room].ring.borrow_mut();
-        let mut entry = make(ring.head());
+        let r = &self.rooms()[room];
+        let mut entry = make(r.ring.borrow().head());
         // Events of all rooms in publication order, for streams that merge several rooms.
         entry.order = self.stats.events_in.get();
-        let seq = ring.push(entry);
-        drop(ring);
+        if r.dirty.get() && r.ring.borrow().oldest_after_push(entry.frame.len()) > r.flushed.get() {
+            // The push would evict an event parked subscribers have not been sent yet.
+            self.flush_room(room);
+        }
+        let seq = r.ring.borrow_mut().push(entry);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
-        self.wake_room(room);
+        r.dirty.set(true);
+        if self.batches.get() == 0 {
+            self.flush_room(room);
+        }
         seq
+    }
+
+    /// Opens a [`Batch`]: publishing defers its fan-out until the batch is dropped.
+    pub fn batch(&self) -> Batch<'_> {
+        self.batches.set(self.batches.get() + 1);
+        Batch { table: self }
+    }
+
+    fn flush_dirty(&self) {
+        for room in 0..self.rooms().len() {
+            if self.rooms()[room].dirty.get() {
+                self.flush_room(room);
+            }
+        }
+    }
+
+    /// Sends a room's new events to its subscribers: written directly to parked ones, their
+    /// tasks woken for the others (see [`Mode`]).
+    fn flush_room(&self, room: usize) {
+        let r = &self.rooms()[room];
+        r.dirty.set(false);
+        let ring = r.ring.borrow();
+        r.flushed.set(ring.head());
+        let subs = self.subs.borrow();
+        let mut at = r.first.get();
+        while at != NONE {
+            let slot = &subs.slots[at as usize];
+            at = slot.next;
+            let wake = match slot.mode.get() {
+                Mode::Wake => true,
+                Mode::Blocked => slot.cursor.get().seq < ring.oldest(),
+                Mode::Parked => {
+                    let Some(outlet) = &slot.outlet else {
+                        slot.mode.set(Mode::Wake);
+                        continue;
+                    };
+                    let mut cursor = slot.cursor.get();
+                    let wrote = fanout::write_pending(
+                        &ring,
+                        &mut cursor,
+                        slot.mask,
+                        Out(&**outlet),
+                        Some(&self.stats),
+                    );
+                    slot.cursor.set(cursor);
+                    // Anything but a complete write is for the task to deal with.
+                    let done = matches!(wrote, Ok(Wrote::CaughtUp));
+                    if !done {
+                        slot.mode.set(Mode::Wake);
+                    }
+                    !done
+                }
+            };
+            if wake && let Some(waker) = &slot.waker {
+                waker.wake_by_ref();
+            }
+        }
     }
 
     /// The table's counters, for the HTTP side.
@@ -396,8 +546,12 @@ impl RoomTable {
         self.heartbeat.get()
     }
 
+    /// Sets a room's join state. `Gone` wakes its subscribers, whose streams then end.
     pub fn set_state(&self, room: usize, state: JoinState) {
         self.rooms()[room].state.set(state);
+        if let JoinState::Gone(_) = state {
+            self.wake_room(room);
+        }
     }
 
     /// Wakes every subscriber of one room.
@@ -450,8 +604,7 @@ impl RoomTable {
         subs.slots[slot as usize] = Slot {
             room: room as u32,
             next: old_first,
-            prev: NONE,
-            waker: None,
+            ..Slot::empty()
         };
         if old_first != NONE {
             subs.slots[old_first as usize].prev = slot;
@@ -469,15 +622,7 @@ impl RoomTable {
         let mut subs = self.subs.borrow_mut();
         let Slot {
             room, next, prev, ..
-        } = std::mem::replace(
-            &mut subs.slots[slot as usize],
-            Slot {
-                room: NONE,
-                next: NONE,
-                prev: NONE,
-                waker: None,
-            },
-        );
+        } = std::mem::replace(&mut subs.slots[slot as usize], Slot::empty());
         let r = &self.rooms()[room as usize];
         if prev == NONE {
             r.first.set(next);
@@ -526,6 +671,45 @@ impl<'t> Subscription<'t> {
 
     pub fn closing(&self) -> bool {
         self.table.closing()
+    }
+
+    /// Hands the room table this subscriber's socket and filter, and where it starts, so that
+    /// new events can be written to it directly while it is [`Mode::Parked`].
+    pub fn attach(&self, outlet: Rc<dyn Outlet>, mask: u8, first: u64) {
+        let mut subs = self.table.subs.borrow_mut();
+        let slot = &mut subs.slots[self.slot as usize];
+        slot.outlet = Some(outlet);
+        slot.mask = mask;
+        slot.cursor.set(Cursor {
+            seq: first,
+            offset: 0,
+        });
+    }
+
+    /// Where the subscriber is in its room's ring.
+    pub fn cursor(&self) -> Cursor {
+        self.table.subs.borrow().slots[self.slot as usize]
+            .cursor
+            .get()
+    }
+
+    pub fn set_cursor(&self, cursor: Cursor) {
+        self.table.subs.borrow().slots[self.slot as usize]
+            .cursor
+            .set(cursor);
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.table.subs.borrow().slots[self.slot as usize]
+            .mode
+            .get()
+    }
+
+    /// How the table is to treat this subscriber while its task sleeps.
+    pub fn set_mode(&self, mode: Mode) {
+        self.table.subs.borrow().slots[self.slot as usize]
+            .mode
+            .set(mode);
     }
 
     pub fn heartbeat(&self) -> u64 {
@@ -605,6 +789,142 @@ mod tests {
         assert_eq!(b.0.load(Ordering::SeqCst), 0);
         t.close_all();
         assert_eq!(b.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A socket for the fan-out: takes at most `room` bytes in total, then would block.
+    struct FakeSocket {
+        data: RefCell<Vec<u8>>,
+        room: Cell<usize>,
+        writes: Cell<usize>,
+    }
+
+    impl Outlet for FakeSocket {
+        fn write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            self.writes.set(self.writes.get() + 1);
+            if self.room.get() == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room.get());
+                self.data.borrow_mut().extend_from_slice(&b[..take]);
+                self.room.set(self.room.get() - take);
+                n += take;
+            }
+            Ok(n)
+        }
+    }
+
+    fn socket(room: usize) -> Rc<FakeSocket> {
+        Rc::new(FakeSocket {
+            data: RefCell::new(Vec::new()),
+            room: Cell::new(room),
+            writes: Cell::new(0),
+        })
+    }
+
+    fn say(t: &RoomTable, room: usize, text: &str) -> u64 {
+        t.publish(room, |seq| {
+            Entry::new(
+                format!("data: {text}\n\n").into_bytes().into(),
+                t.mint_id(seq),
+                crate::rooms::ring::kind::MESSAGE,
+            )
+        })
+    }
+
+    fn parked<'t>(
+        t: &'t RoomTable,
+        room: usize,
+        sock: &Rc<FakeSocket>,
+    ) -> (Subscription<'t>, Arc<Count>) {
+        let sub = t.subscribe(room).unwrap();
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        sub.register(&Waker::from(woken.clone()));
+        sub.attach(
+            sock.clone(),
+            crate::rooms::ring::kind::DEFAULT,
+            t.room(room).ring().head(),
+        );
+        sub.set_mode(Mode::Parked);
+        (sub, woken)
+    }
+
+    #[test]
+    fn parked_subscribers_are_written_directly_without_a_wake() {
+        let t = table();
+        let (a, b) = (socket(1 << 20), socket(1 << 20));
+        let (sa, wa) = parked(&t, 0, &a);
+        let (sb, wb) = parked(&t, 0, &b);
+        say(&t, 0, "one");
+        say(&t, 0, "two");
+        for (sock, sub, woken) in [(&a, &sa, &wa), (&b, &sb, &wb)] {
+            assert_eq!(*sock.data.borrow(), b"data: one\n\ndata: two\n\n");
+            assert_eq!(sock.writes.get(), 2);
+            assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+            assert_eq!(sub.mode(), Mode::Parked);
+            assert_eq!(sub.cursor(), Cursor { seq: 2, offset: 0 });
+        }
+        assert_eq!(t.stats.events_out.get(), 4);
+    }
+
+    #[test]
+    fn a_full_socket_hands_the_stream_back_to_its_task() {
+        let t = table();
+        let (full, fine) = (socket(13), socket(1 << 20));
+        let (sf, wf) = parked(&t, 0, &full);
+        let (_ok, wok) = parked(&t, 0, &fine);
+        say(&t, 0, "one");
+        say(&t, 0, "two");
+        // 11 bytes of "one" and 2 of "two" went out; then the task was woken to finish.
+        assert_eq!(*full.data.borrow(), b"data: one\n\nda");
+        assert_eq!(sf.mode(), Mode::Wake);
+        assert_eq!(sf.cursor(), Cursor { seq: 1, offset: 2 });
+        assert_eq!(wf.0.load(Ordering::SeqCst), 1);
+        assert_eq!(wok.0.load(Ordering::SeqCst), 0);
+        // Blocked (waiting for the socket): woken only once its next event is evicted.
+        sf.set_mode(Mode::Blocked);
+        for word in ["three", "four", "five"] {
+            say(&t, 0, word);
+        }
+        assert_eq!(t.room(0).ring().oldest(), 1);
+        assert_eq!(wf.0.load(Ordering::SeqCst), 1);
+        say(&t, 0, "six");
+        assert_eq!(t.room(0).ring().oldest(), 2);
+        assert_eq!(wf.0.load(Ordering::SeqCst), 2);
+        let words = ["one", "two", "three", "four", "five", "six"];
+        let expected: String = words.iter().map(|w| format!("data: {w}\n\n")).collect();
+        assert_eq!(*fine.data.borrow(), expected.as_bytes());
+    }
+
+    #[test]
+    fn a_batch_writes_its_events_together_and_never_laps_parked_subscribers() {
+        let t = table();
+        let a = socket(1 << 20);
+        let (sa, _wa) = parked(&t, 0, &a);
+        {
+            let batch = t.batch();
+            say(&t, 0, "1");
+            say(&t, 0, "2");
+            assert_eq!(a.writes.get(), 0);
+            assert!(batch.pressing(), "2 of a 4-event ring held back");
+        }
+        assert_eq!(a.writes.get(), 1);
+        assert_eq!(*a.data.borrow(), b"data: 1\n\ndata: 2\n\n");
+        // A burst of 10 into a 4-event ring in one batch: written before anything unsent is
+        // evicted, so nothing is lost and nobody is lapped.
+        {
+            let _batch = t.batch();
+            for n in 3..=12 {
+                say(&t, 0, &n.to_string());
+            }
+        }
+        let text = String::from_utf8(a.data.borrow().clone()).unwrap();
+        let got: Vec<&str> = text.split("\n\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(got.len(), 12, "{text}");
+        assert!(a.writes.get() < 12, "{} writes", a.writes.get());
+        assert_eq!(sa.mode(), Mode::Parked);
+        assert_eq!(sa.cursor().seq, 12);
     }
 
     #[test]

@@ -566,6 +566,8 @@ async fn serve(
                 up.last_read = Instant::now();
                 up.ping_sent = None;
                 up.splitter.feed(&buf[..n]);
+                // The events of one read go out together: one `writev` per subscriber.
+                let batch = table.batch();
                 loop {
                     let stanza = match up.splitter.next_piece()? {
                         None => break,
@@ -578,10 +580,15 @@ async fn serve(
                         }
                     };
                     handle(config, table, up, links, &stanza).await?;
-                    // Let the subscribers this stanza woke write it before the next one is
-                    // published: a burst bigger than a ring must not lap fast readers.
-                    future::yield_now().await;
+                    if batch.pressing() {
+                        // Half a ring held back: send it, and let the tasks this woke write
+                        // before more is published, so a burst bigger than a ring does not lap
+                        // fast readers.
+                        batch.flush();
+                        future::yield_now().await;
+                    }
                 }
+                drop(batch);
             }
         }
     }
