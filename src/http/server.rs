@@ -306,12 +306,7 @@ async fn connection(
             let (mut opening, first) =
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
-            if config.send_buffer_bytes > 0 {
-                let _ = rustix::net::sockopt::set_socket_send_buffer_size(
-                    socket.get_ref(),
-                    config.send_buffer_bytes,
-                );
-            }
+            stream_socket(&socket, config);
             // The stream runs as a task of its own holding only what it needs, so nothing of
             // this (much larger) request-handling future stays allocated per subscriber.
             let room = room.jid();
@@ -368,6 +363,7 @@ async fn connection(
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
             let starts = multi::starts(&nodes, &start);
             let opening = multi::opening(&stream_head, config.retry_ms, &mut follows, &starts);
+            stream_socket(&socket, config);
             log::debug!(
                 "{peer}: subscribed to {} rooms: {}",
                 nodes.len(),
@@ -515,6 +511,18 @@ async fn read_head(
 }
 
 /// Writes a short reply, bounded in time, and closes (boxed: see `Route::Multi`).
+/// Socket options of a connection that has become an event stream (single- or multi-room).
+/// Nagle stays on: `TCP_NODELAY` gave no lower latency in the fan-out bench and cost more CPU
+/// per event (docs/BENCHMARKS.md).
+fn stream_socket(socket: &Async<TcpStream>, config: &Config) {
+    if config.send_buffer_bytes > 0 {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(
+            socket.get_ref(),
+            config.send_buffer_bytes,
+        );
+    }
+}
+
 async fn send(socket: &Async<TcpStream>, bytes: &[u8]) {
     Box::pin(send_now(socket, bytes)).await;
 }
