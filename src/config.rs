@@ -67,6 +67,9 @@ pub struct Config {
     /// Kernel send buffer of each stream's socket (0 = the kernel's default): bounds what a
     /// reader that stopped reading holds in the kernel, and how soon it falls off the ring.
     pub send_buffer_bytes: usize,
+    /// How long new events wait before they are written to subscribers, so that the events of
+    /// that window share one write each (zero: written as each upstream read is processed).
+    pub fanout_delay: Duration,
     /// Time a client has to send its request head.
     pub header_timeout: Duration,
     /// Whitespace keepalive interval on the component link; after as long without anything
@@ -308,6 +311,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "send_buffer_bytes",
         Some("0"),
         "kernel send buffer per stream socket, 0 = the kernel's default",
+    ),
+    (
+        "fanout_delay_ms",
+        Some("0"),
+        "hold new events this long so that several share one write per subscriber: less CPU, that much more latency",
     ),
 ];
 
@@ -670,6 +678,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
         max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
         send_buffer_bytes: number("send_buffer_bytes", 0, 64 << 20)?,
+        fanout_delay: Duration::from_millis(number("fanout_delay_ms", 0, 1000)? as u64),
         header_timeout: secs(number("header_timeout_secs", 1, 3600)?),
         keepalive: secs(number("keepalive_secs", 1, 86400)?),
         ping_timeout: secs(number("ping_timeout_secs", 1, 3600)?),
@@ -876,6 +885,7 @@ impl Config {
         line("max_stanza_bytes", self.max_stanza_bytes.to_string());
         line("max_head_bytes", self.max_head_bytes.to_string());
         line("send_buffer_bytes", self.send_buffer_bytes.to_string());
+        line("fanout_delay_ms", self.fanout_delay.as_millis().to_string());
         line(
             "header_timeout_secs",
             self.header_timeout.as_secs().to_string(),

@@ -10,6 +10,7 @@ use futures_lite::{StreamExt, future};
 use muc_eventsource::config::{self, Config};
 use muc_eventsource::http::server::{self, Server};
 use muc_eventsource::http::sse;
+use muc_eventsource::rooms::fanout;
 use muc_eventsource::rooms::table::{Origin, RoomTable};
 use muc_eventsource::settings::Settings;
 use muc_eventsource::shutdown::Shutdown;
@@ -190,6 +191,11 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
         .detach();
     if let Some(every) = config.heartbeat {
         executor.spawn(sse::heartbeat(table, every)).detach();
+    }
+    if !config.fanout_delay.is_zero() {
+        executor
+            .spawn(fanout::delayed(table, config.fanout_delay))
+            .detach();
     }
     if let Some(every) = notify::watchdog_interval() {
         executor

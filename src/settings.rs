@@ -60,6 +60,7 @@ impl Settings {
             ),
             ("rooms = *", old.all_rooms != new.all_rooms),
             ("on_demand", old.on_demand != new.on_demand),
+            ("fanout_delay_ms", old.fanout_delay != new.fanout_delay),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

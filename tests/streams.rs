@@ -479,3 +479,39 @@ fn a_resume_older_than_the_ring_is_filled_from_the_rooms_archive() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_fanout_delay_holds_events_back_and_loses_none() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let mut alice = user(&prosody, "alice", "lobby");
+    // A ring smaller than the burst: events must be written before they are evicted.
+    let daemon = Daemon::start(
+        &prosody,
+        &["lobby"],
+        "history = 0\nring_events = 8\nfanout_delay_ms = 300",
+    );
+    let mut subs: Vec<SseClient> = (0..2)
+        .map(|_| SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
+        .collect();
+    // A window starts at the first unwritten event (the join's events are a few): let those
+    // go out, so that the next window starts with the message below.
+    std::thread::sleep(Duration::from_millis(1000));
+    let sent_at = std::time::Instant::now();
+    alice.send_groupchat("lobby", "first");
+    let first = messages(&mut subs[0], 1);
+    let waited = sent_at.elapsed();
+    assert_eq!(bodies(&first), vec!["first"]);
+    assert!(
+        waited >= Duration::from_millis(250),
+        "delivered {waited:?} after sending, before the 300 ms fan-out delay"
+    );
+    let burst: Vec<String> = (0..30).map(|i| format!("burst {i}")).collect();
+    for text in &burst {
+        alice.send_groupchat("lobby", text);
+    }
+    assert_eq!(bodies(&messages(&mut subs[0], 30)), burst);
+    let mut all = vec!["first".to_string()];
+    all.extend(burst.iter().cloned());
+    assert_eq!(bodies(&messages(&mut subs[1], 31)), all);
+}

@@ -249,6 +249,9 @@ struct Row {
     rss_idle: u64,
     rss_subs: u64,
     rss_after: u64,
+    /// Daemon CPU per subscriber connect (accept, request, route, opening), µs, and connects/s.
+    connect_us: f64,
+    connect_rate: f64,
     prosody_cpu_pct: f64,
     host_busy_pct: f64,
     echo_p50: u64,
@@ -339,6 +342,12 @@ impl Bench {
                 (subscribers + 64).min(100_000)
             )
         };
+        // Extra daemon settings to measure (`FANOUT_DAEMON_CONF="fanout_delay_ms = 50"`; `;`
+        // separates several).
+        let extra = match std::env::var("FANOUT_DAEMON_CONF") {
+            Ok(more) => format!("{extra}\n{}", more.replace(';', "\n")),
+            Err(_) => extra,
+        };
         let refs: Vec<&str> = rooms.iter().map(String::as_str).collect();
         let config = Daemon::config_text(&self.prosody, &refs, &extra)
             .lines()
@@ -372,8 +381,13 @@ impl Bench {
         let tcp_mem0 = stats::tcp_mem_kib();
         let ctl = Arc::new(Ctl::default());
         let warm = rooms.len() as u64;
+        let k0 = CpuSnap::take(pid, self.prosody_pid());
         let receiver = recv::spawn(daemon.http, cfg.groups(true), warm, ctl.clone());
         wait_ready(&ctl, &receiver);
+        let k1 = CpuSnap::take(pid, self.prosody_pid());
+        let connects = (cfg.n + cfg.stalled).max(1) as f64;
+        let connect_us = (k1.daemon_ns - k0.daemon_ns) as f64 / 1e3 / connects;
+        let connect_rate = connects / (k1.at - k0.at).as_secs_f64().max(1e-9);
         std::thread::sleep(Duration::from_millis(500));
         let rss_subs = rss_kib(pid).unwrap_or(0);
         // Warm-up: one message per room (not counted), then the measured window.
@@ -415,6 +429,8 @@ impl Bench {
             rss_idle,
             rss_subs,
             rss_after,
+            connect_us,
+            connect_rate,
             prosody_cpu_pct: 100.0 * (c1.prosody_ns - c0.prosody_ns) as f64 / 1e9 / wall,
             host_busy_pct: 100.0 * host_busy / host_total,
             echo_p50: echo.quantile(0.5),
@@ -687,12 +703,12 @@ fn print_rows(rows: &[Row]) {
 
 fn print_details(rows: &[Row]) {
     println!(
-        "| configuration | delivered / expected | subs dropped | gaps | events per read | frame B | daemon CPU s (schedstat / utime+stime) | RSS after KiB | host TCP mem MiB before → end | Prosody echo p50 / p99 ms |"
+        "| configuration | delivered / expected | subs dropped | gaps | events per read | frame B | daemon CPU s (schedstat / utime+stime) | RSS after KiB | host TCP mem MiB before → end | Prosody echo p50 / p99 ms | daemon CPU µs per connect | connects/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} / {} | {} | {} | {:.2} | {} | {:.3} / {:.2} | {} | {:.1} → {:.1} | {} / {} |",
+            "| {} | {} / {} | {} | {} | {:.2} | {} | {:.3} / {:.2} | {} | {:.1} → {:.1} | {} / {} | {:.1} | {:.0} |",
             r.cfg.label,
             r.d.delivered,
             r.d.expected,
@@ -707,6 +723,8 @@ fn print_details(rows: &[Row]) {
             r.tcp_mem.1 as f64 / 1024.0,
             ms(r.echo_p50),
             ms(r.echo_p99),
+            r.connect_us,
+            r.connect_rate,
         );
     }
 }
@@ -756,6 +774,9 @@ fn main() {
     println!("# muc-eventsource fan-out benchmark");
     println!();
     println!("machine: {}", machine());
+    if let Ok(more) = std::env::var("FANOUT_DAEMON_CONF") {
+        println!("daemon settings added (FANOUT_DAEMON_CONF): {more}");
+    }
     println!(
         "mode: {}; {} s of sending per point; open-file limit {nofile} (inherited by Prosody and the daemon)",
         if opts.quick { "quick" } else { "full" },
@@ -958,4 +979,26 @@ fn main() {
         println!("WARNING: {refused} subscriber connections were refused (see stderr)");
     }
     println!("total bench time: {:.0} s", started.elapsed().as_secs_f64());
+    // The fan-out must not lose events for subscribers that read (the search's overloaded
+    // points are allowed to: they are how the search finds its limit).
+    let lossy: Vec<String> = rows
+        .iter()
+        .chain(&stalled)
+        .filter(|r| r.d.loss() > 0 || r.d.live_closed > 0)
+        .map(|r| {
+            format!(
+                "{} (lost {}, live subscribers dropped {})",
+                r.cfg.label,
+                r.d.loss(),
+                r.d.live_closed
+            )
+        })
+        .collect();
+    if !lossy.is_empty() {
+        println!(
+            "FAILED: events lost by reading subscribers in {}",
+            lossy.join("; ")
+        );
+        std::process::exit(1);
+    }
 }

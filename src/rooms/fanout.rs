@@ -7,14 +7,26 @@
 //! subscriber fell behind, or it has to write something else (heartbeat, opening).
 
 use std::io::{self, IoSlice, Write};
+use std::time::Duration;
 
 use super::ring::Ring;
-use super::table::{Stats, count};
+use super::table::{RoomTable, Stats, count};
 
 /// A non-blocking socket the fan-out can write to directly. `&TcpStream` writes without a
 /// mutable borrow, so the socket can be shared by the table and the subscriber's task.
 pub trait Outlet {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+/// With `fanout_delay_ms`: writes published events to subscribers `delay` after the first of
+/// them, so the events of that window share one write per subscriber. One task for all rooms.
+pub async fn delayed(table: &RoomTable, delay: Duration) {
+    table.set_delayed(true);
+    loop {
+        std::future::poll_fn(|cx| table.poll_dirty(cx.waker())).await;
+        async_io::Timer::after(delay).await;
+        table.flush_dirty();
+    }
 }
 
 /// [`Write`] for a shared [`Outlet`].

@@ -241,6 +241,10 @@ pub struct RoomTable {
     pub archive: super::archive::Archive,
     /// [`Batch`]es open: publishing defers the fan-out until the last one closes.
     batches: Cell<u32>,
+    /// `fanout_delay_ms` is set: published events wait for [`fanout::delayed`] to write them.
+    delayed: Cell<bool>,
+    /// The task of [`fanout::delayed`], waiting for a room to have unwritten events.
+    flusher: RefCell<Option<Waker>>,
 }
 
 /// Defers the fan-out of published events until dropped, so that events arriving together (one
@@ -278,7 +282,7 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         let t = self.table;
         t.batches.set(t.batches.get() - 1);
-        if t.batches.get() == 0 {
+        if t.batches.get() == 0 && !t.delayed.get() {
             t.flush_dirty();
         }
     }
@@ -330,6 +334,8 @@ impl RoomTable {
             stats: Stats::default(),
             archive: super::archive::Archive::default(),
             batches: Cell::new(0),
+            delayed: Cell::new(false),
+            flusher: RefCell::new(None),
         }
     }
 
@@ -455,10 +461,29 @@ impl RoomTable {
         let seq = r.ring.borrow_mut().push(entry);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         r.dirty.set(true);
-        if self.batches.get() == 0 {
+        if self.delayed.get() {
+            if let Some(flusher) = &*self.flusher.borrow() {
+                flusher.wake_by_ref();
+            }
+        } else if self.batches.get() == 0 {
             self.flush_room(room);
         }
         seq
+    }
+
+    /// Leaves the writing of published events to [`fanout::delayed`] (`fanout_delay_ms`).
+    pub fn set_delayed(&self, delayed: bool) {
+        self.delayed.set(delayed);
+    }
+
+    /// Ready when some room has events not yet written to its subscribers; otherwise `waker`
+    /// is woken at the next publish.
+    pub fn poll_dirty(&self, waker: &Waker) -> std::task::Poll<()> {
+        if self.rooms().iter().any(|r| r.dirty.get()) {
+            return std::task::Poll::Ready(());
+        }
+        *self.flusher.borrow_mut() = Some(waker.clone());
+        std::task::Poll::Pending
     }
 
     /// Opens a [`Batch`]: publishing defers its fan-out until the batch is dropped.
@@ -467,7 +492,8 @@ impl RoomTable {
         Batch { table: self }
     }
 
-    fn flush_dirty(&self) {
+    /// Writes every room's unwritten events to its subscribers.
+    pub fn flush_dirty(&self) {
         for room in 0..self.rooms().len() {
             if self.rooms()[room].dirty.get() {
                 self.flush_room(room);
@@ -925,6 +951,34 @@ mod tests {
         assert!(a.writes.get() < 12, "{} writes", a.writes.get());
         assert_eq!(sa.mode(), Mode::Parked);
         assert_eq!(sa.cursor().seq, 12);
+    }
+
+    #[test]
+    fn with_a_fanout_delay_events_wait_for_the_flusher() {
+        let t = table();
+        t.set_delayed(true);
+        let a = socket(1 << 20);
+        let (_sa, wa) = parked(&t, 0, &a);
+        let flusher = Arc::new(Count(AtomicUsize::new(0)));
+        assert!(t.poll_dirty(&Waker::from(flusher.clone())).is_pending());
+        say(&t, 0, "1");
+        say(&t, 0, "2");
+        drop(t.batch());
+        assert_eq!(a.writes.get(), 0);
+        assert!(flusher.0.load(Ordering::SeqCst) >= 1);
+        assert!(t.poll_dirty(&Waker::from(flusher.clone())).is_ready());
+        t.flush_dirty();
+        assert_eq!(a.writes.get(), 1);
+        assert_eq!(*a.data.borrow(), b"data: 1\n\ndata: 2\n\n");
+        assert_eq!(wa.0.load(Ordering::SeqCst), 0);
+        assert!(t.poll_dirty(&Waker::from(flusher)).is_pending());
+        // Still never lapped: a burst past the ring is written before it is evicted.
+        for n in 3..=12 {
+            say(&t, 0, &n.to_string());
+        }
+        t.flush_dirty();
+        let text = String::from_utf8(a.data.borrow().clone()).unwrap();
+        assert_eq!(text.matches("data: ").count(), 12, "{text}");
     }
 
     #[test]
