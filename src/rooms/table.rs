@@ -71,6 +71,8 @@ pub struct Room {
     flushed: Cell<u64>,
     /// Events were published since then.
     dirty: Cell<bool>,
+    /// Bytes of frames published since then.
+    held_bytes: Cell<usize>,
 }
 
 /// Facts about a room for pages, metrics and access control; written by the XMPP side.
@@ -245,6 +247,8 @@ pub struct RoomTable {
     delayed: Cell<bool>,
     /// The task of [`fanout::delayed`], waiting for a room to have unwritten events.
     flusher: RefCell<Option<Waker>>,
+    /// Some room holds back half a ring of unwritten events (see [`Batch::pressing`]).
+    pressed: Cell<bool>,
 }
 
 /// Defers the fan-out of published events until dropped, so that events arriving together (one
@@ -258,18 +262,7 @@ impl Batch<'_> {
     /// Whether some room has held back events filling half its ring (by count or bytes): the
     /// caller should [`Batch::flush`] and let the woken tasks run before publishing more.
     pub fn pressing(&self) -> bool {
-        self.table.rooms().iter().any(|r| {
-            if !r.dirty.get() {
-                return false;
-            }
-            let ring = r.ring.borrow();
-            let from = r.flushed.get().max(ring.oldest());
-            let bytes: usize = (from..ring.head())
-                .filter_map(|seq| ring.get(seq))
-                .map(|f| f.len())
-                .sum();
-            2 * (ring.head() - from) >= ring.capacity() as u64 || 2 * bytes >= ring.max_bytes()
-        })
+        self.table.pressed.get()
     }
 
     /// Writes every held-back event now.
@@ -317,6 +310,7 @@ impl RoomTable {
                 synced: Cell::new(false),
                 flushed: Cell::new(0),
                 dirty: Cell::new(false),
+                held_bytes: Cell::new(0),
             })
             .collect();
         let slots = (0..max_subscribers).map(|_| Slot::empty()).collect();
@@ -336,6 +330,7 @@ impl RoomTable {
             batches: Cell::new(0),
             delayed: Cell::new(false),
             flusher: RefCell::new(None),
+            pressed: Cell::new(false),
         }
     }
 
@@ -458,9 +453,17 @@ impl RoomTable {
             // The push would evict an event parked subscribers have not been sent yet.
             self.flush_room(room);
         }
+        r.held_bytes.set(r.held_bytes.get() + entry.frame.len());
         let seq = r.ring.borrow_mut().push(entry);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         r.dirty.set(true);
+        if self.batches.get() > 0 || self.delayed.get() {
+            let ring = r.ring.borrow();
+            let held = ring.head() - r.flushed.get().max(ring.oldest());
+            if 2 * held >= ring.capacity() as u64 || 2 * r.held_bytes.get() >= ring.max_bytes() {
+                self.pressed.set(true);
+            }
+        }
         if self.delayed.get() {
             if let Some(flusher) = &*self.flusher.borrow() {
                 flusher.wake_by_ref();
@@ -494,6 +497,7 @@ impl RoomTable {
 
     /// Writes every room's unwritten events to its subscribers.
     pub fn flush_dirty(&self) {
+        self.pressed.set(false);
         for room in 0..self.rooms().len() {
             if self.rooms()[room].dirty.get() {
                 self.flush_room(room);
@@ -506,6 +510,7 @@ impl RoomTable {
     fn flush_room(&self, room: usize) {
         let r = &self.rooms()[room];
         r.dirty.set(false);
+        r.held_bytes.set(0);
         let ring = r.ring.borrow();
         r.flushed.set(ring.head());
         let subs = self.subs.borrow();
