@@ -987,6 +987,16 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_slot_fits_the_memory_budget() {
+        // `config::SUBSCRIBER_BYTES` counts 64 bytes for the preallocated slot.
+        assert!(
+            std::mem::size_of::<Slot>() <= 64,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[test]
     fn subscriber_table_is_fixed_and_slots_are_reused() {
         let t = table();
         let s1 = t.subscribe(0).unwrap();
