@@ -4,7 +4,8 @@
 //! Two callers use [`write_pending`]: the room table's fan-out, which writes a new event to
 //! every idle subscriber of the room as soon as it is published (no task is woken for that),
 //! and a subscriber's own task (`http::sse`), which takes over when the socket is full, the
-//! subscriber fell behind, or it has to write something else (heartbeat, opening).
+//! subscriber fell behind, or it has to write something else (heartbeat, opening). With
+//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs.
 
 use std::io::{self, IoSlice, Write};
 use std::time::Duration;
