@@ -234,19 +234,7 @@ pub async fn heartbeat(table: &RoomTable, every: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rooms::ring::kind;
-
-    fn entry(text: &str, id: String) -> crate::rooms::ring::Entry {
-        crate::rooms::ring::Entry::new(Rc::from(text.as_bytes()), id, kind::MESSAGE)
-    }
-
-    fn ring_with(frames: &[&str]) -> Ring {
-        let mut r = Ring::new(8, 1 << 16);
-        for (i, f) in frames.iter().enumerate() {
-            r.push(entry(f, format!("e{i}")));
-        }
-        r
-    }
+    use crate::rooms::fanout::tests::ring_with;
 
     #[test]
     fn opening_bytes_and_first_event() {

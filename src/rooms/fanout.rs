@@ -142,10 +142,10 @@ pub(crate) mod tests {
     use std::rc::Rc;
 
     /// A socket that accepts at most `room` bytes per call, `None` = would block.
-    pub(crate) struct Sink {
-        pub data: Vec<u8>,
-        pub room: Option<usize>,
-        pub calls: usize,
+    struct Sink {
+        data: Vec<u8>,
+        room: Option<usize>,
+        calls: usize,
     }
 
     impl Write for Sink {
@@ -174,7 +174,9 @@ pub(crate) mod tests {
         crate::rooms::ring::Entry::new(Rc::from(text.as_bytes()), id, kind::MESSAGE)
     }
 
-    fn ring_with(frames: &[&str]) -> Ring {
+    /// A ring holding `frames` as message events with ids `e0`, `e1`, … (shared with
+    /// `http::sse`'s tests).
+    pub(crate) fn ring_with(frames: &[&str]) -> Ring {
         let mut r = Ring::new(8, 1 << 16);
         for (i, f) in frames.iter().enumerate() {
             r.push(entry(f, format!("e{i}")));
