@@ -122,9 +122,7 @@ pub fn opening(
                             "events after this id are no longer held; some may be missing",
                         )
                         .finish();
-                    out.extend_from_slice(b"event: gap\ndata: ");
-                    out.extend_from_slice(&json);
-                    out.extend_from_slice(b"\n\n");
+                    crate::rooms::frame::push_gap(&mut out, &json);
                     ring.oldest()
                 }
             },

@@ -426,9 +426,7 @@ async fn from_archive(
                         "the archive holds more messages than one resume fetches; some may be missing",
                     )
                     .finish();
-                bytes.extend_from_slice(b"event: gap\ndata: ");
-                bytes.extend_from_slice(&json);
-                bytes.extend_from_slice(b"\n\n");
+                crate::rooms::frame::push_gap(&mut bytes, &json);
             }
             ring.oldest()
         }

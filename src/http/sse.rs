@@ -74,9 +74,7 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
                     )
                     .num("resumingWith", ring.len() as u64)
                     .finish();
-                out.extend_from_slice(b"event: gap\ndata: ");
-                out.extend_from_slice(&json);
-                out.extend_from_slice(b"\n\n");
+                crate::rooms::frame::push_gap(&mut out, &json);
                 ring.oldest()
             }
         },

@@ -123,6 +123,13 @@ pub fn event(event_type: Option<&str>, id: &str, json: &[u8]) -> Rc<[u8]> {
     out.into()
 }
 
+/// Appends an `event: gap` to `out`: no `id:` line, so the client's last id stays what it had.
+pub fn push_gap(out: &mut Vec<u8>, json: &[u8]) {
+    out.extend_from_slice(b"event: gap\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
 /// The frame for a groupchat message: unnamed (so `onmessage` sees it), with the payload
 /// `mod_muc_eventsource` sends, `{"nick":…,"body":…}`. A message from the room itself (no nick)
 /// has no `nick` key, as in `mod_muc_eventsource`, whose JSON encoder drops nil values.
