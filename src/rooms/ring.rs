@@ -184,9 +184,8 @@ impl Ring {
     /// Adds an event, evicting the oldest ones as the count or byte budget requires.
     /// Returns its sequence number.
     pub fn push(&mut self, entry: Entry) -> u64 {
-        while self.len == self.slots.len()
-            || (self.len > 0 && self.bytes + entry.frame.len() > self.max_bytes)
-        {
+        let oldest = self.oldest_after_push(entry.frame.len());
+        while self.oldest() < oldest {
             self.evict_oldest();
         }
         let seq = self.head;
