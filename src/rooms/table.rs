@@ -717,30 +717,26 @@ impl<'t> Subscription<'t> {
         });
     }
 
+    fn own_slot(&self) -> std::cell::Ref<'_, Slot> {
+        std::cell::Ref::map(self.table.subs.borrow(), |s| &s.slots[self.slot as usize])
+    }
+
     /// Where the subscriber is in its room's ring.
     pub fn cursor(&self) -> Cursor {
-        self.table.subs.borrow().slots[self.slot as usize]
-            .cursor
-            .get()
+        self.own_slot().cursor.get()
     }
 
     pub fn set_cursor(&self, cursor: Cursor) {
-        self.table.subs.borrow().slots[self.slot as usize]
-            .cursor
-            .set(cursor);
+        self.own_slot().cursor.set(cursor);
     }
 
     pub fn mode(&self) -> Mode {
-        self.table.subs.borrow().slots[self.slot as usize]
-            .mode
-            .get()
+        self.own_slot().mode.get()
     }
 
     /// How the table is to treat this subscriber while its task sleeps.
     pub fn set_mode(&self, mode: Mode) {
-        self.table.subs.borrow().slots[self.slot as usize]
-            .mode
-            .set(mode);
+        self.own_slot().mode.set(mode);
     }
 
     pub fn heartbeat(&self) -> u64 {
