@@ -4,3 +4,4 @@
 pub mod component;
 pub mod muc;
 pub mod stream;
+pub mod text;
