@@ -10,6 +10,14 @@
 //! whose delay stamp is older than the last live message we saw, or that matches (in order) a
 //! message already in the ring by (nick, body), is skipped; what remains is the in-order suffix
 //! that was missed while we were away.
+//!
+//! Continuity across a re-join: after the first join, every later join (upstream reconnect,
+//! kick, self-ping, on-demand) *holds* the messages it receives until the join sequence ends
+//! (the subject). If the held history contains the last message published before, nothing was
+//! missed and the held messages go through the de-duplication above. Otherwise the room's
+//! archive fills the hole (the component asks it, see [`Settled::Fill`]) or, where there is no
+//! archive, an `event: gap` is published before the first message that may not follow its
+//! predecessor. Never a silent loss: exactly once, or a gap.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,6 +40,53 @@ pub struct Feed {
     /// Id of the last message published, and named events published since (for their ids).
     last_message_id: String,
     since_message: u32,
+    /// Identity of the last message published (see [`message_key`]); 0 before the first.
+    last_message_key: u64,
+    /// Whether the last message published had the room's stanza-id as its id.
+    last_message_archived: bool,
+    /// A join sequence has ended once in this process: later joins are re-joins.
+    joined_before: bool,
+    /// Messages held back during a re-join (see the module comment); `None`: publishing.
+    held: Option<Held>,
+}
+
+/// Messages received during a re-join, not published yet.
+#[derive(Debug, Default)]
+struct Held {
+    messages: Vec<OwnedMessage>,
+    bytes: usize,
+}
+
+/// A [`Message`] that outlives its stanza.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedMessage {
+    pub nick: Option<String>,
+    pub body: String,
+    pub stanza_id: Option<String>,
+    pub delay: Option<String>,
+    pub origin_id: Option<String>,
+}
+
+impl OwnedMessage {
+    pub fn borrow(&self) -> Message<'_> {
+        Message {
+            nick: self.nick.as_deref(),
+            body: &self.body,
+            stanza_id: self.stanza_id.as_deref(),
+            delay: self.delay.as_deref(),
+            origin_id: self.origin_id.as_deref(),
+        }
+    }
+}
+
+/// What the end of a join sequence decided (see [`Feed::settle`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Everything is published: continuity is proven, or a gap said it is not.
+    Done,
+    /// Ask the room's archive for the messages after this stanza-id, then call
+    /// [`Feed::filled`] (still holding live messages meanwhile).
+    Fill { after: String },
 }
 
 /// Identity of a message for de-duplication.
@@ -45,13 +100,140 @@ fn message_key(nick: Option<&str>, body: &str) -> u64 {
 
 impl Feed {
     /// Called when a join is sent: history that follows is matched against the whole ring.
+    /// After the first join, starts holding messages until [`Feed::settle`].
     pub fn joining(&mut self, table: &RoomTable, room: usize) {
         self.history_from = table.room(room).ring().oldest();
+        self.held = self.joined_before.then(Held::default);
+    }
+
+    /// Whether a re-join is still settling continuity (the room is not in sync yet).
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The join sequence ended (the room sent its subject), having asked for `history`
+    /// messages of history. Publishes what was held if nothing can be missing; otherwise asks
+    /// for an archive fill (`archive`: the room keeps one) or publishes a `gap` first.
+    pub fn settle(
+        &mut self,
+        table: &RoomTable,
+        room: usize,
+        history: usize,
+        archive: bool,
+    ) -> Settled {
+        self.joined_before = true;
+        let Some(held) = &self.held else {
+            return Settled::Done;
+        };
+        let history_held = held.messages.iter().filter(|m| m.delay.is_some()).count();
+        let continuous = if self.last_message_key == 0 {
+            // Nothing seen before: the whole history fits in what was asked for.
+            history > 0 && history_held < history
+        } else {
+            held.messages.iter().any(|m| {
+                m.delay.is_some()
+                    && match (&m.stanza_id, self.last_message_archived) {
+                        (Some(id), true) if self.stanza_ids => *id == self.last_message_id,
+                        _ => message_key(m.nick.as_deref(), &m.body) == self.last_message_key,
+                    }
+            })
+        };
+        if continuous {
+            self.release(table, room, None);
+            return Settled::Done;
+        }
+        if archive && self.last_message_archived && !self.last_message_id.is_empty() {
+            return Settled::Fill {
+                after: self.last_message_id.clone(),
+            };
+        }
+        let why = if archive {
+            "re-joined the room after an outage; its archive cannot say what was missed"
+        } else {
+            "re-joined the room after an outage; messages sent meanwhile beyond its history may be missing (the room keeps no archive)"
+        };
+        self.release(table, room, Some(why));
+        Settled::Done
+    }
+
+    /// Messages from the room's archive, oldest first, filling the hole after a re-join (those
+    /// already published are skipped by stanza-id). Returns how many were published.
+    pub fn fill(&mut self, table: &RoomTable, room: usize, messages: &[OwnedMessage]) -> usize {
+        let mut published = 0;
+        for m in messages {
+            let live = Message {
+                delay: None,
+                ..m.borrow()
+            };
+            if self.publish_message(table, room, &live).is_some() {
+                published += 1;
+            }
+        }
+        published
+    }
+
+    /// The archive fill is over: `gap` says why it could not reach the live messages, if so.
+    /// Publishes the gap, then what was held.
+    pub fn filled(&mut self, table: &RoomTable, room: usize, gap: Option<&str>) {
+        self.release(table, room, gap);
+    }
+
+    /// Stops holding: an `event: gap` first if `gap`, then the held messages in order.
+    fn release(&mut self, table: &RoomTable, room: usize, gap: Option<&str>) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if let Some(reason) = gap {
+            self.gap(table, room, reason);
+        }
+        for m in &held.messages {
+            self.message(table, room, &m.borrow());
+        }
+    }
+
+    /// Publishes `event: gap`: messages between the last event and the next may be missing.
+    pub fn gap(&mut self, table: &RoomTable, room: usize, reason: &str) -> u64 {
+        let json = Json::new()
+            .str("lastEventId", &self.last_message_id)
+            .str("reason", reason)
+            .finish();
+        log::warn!(
+            "{}: {reason}; subscribers are told of a gap",
+            table.room(room).jid()
+        );
+        self.publish_typed(table, room, kind::STATUS, "gap", &json)
     }
 
     /// A groupchat message with a body; `delay` is set for history. Returns the sequence
     /// number if it was published, `None` if it was a duplicate.
     pub fn message(&mut self, table: &RoomTable, room: usize, m: &Message<'_>) -> Option<u64> {
+        if let Some(held) = &mut self.held {
+            let ring = table.room(room).ring();
+            let (count, bytes) = (ring.capacity(), ring.max_bytes());
+            drop(ring);
+            if held.messages.len() < count && held.bytes + m.body.len() <= bytes {
+                held.bytes += m.body.len();
+                held.messages.push(OwnedMessage {
+                    nick: m.nick.map(str::to_string),
+                    body: m.body.to_string(),
+                    stanza_id: m.stanza_id.map(str::to_string),
+                    delay: m.delay.map(str::to_string),
+                    origin_id: m.origin_id.map(str::to_string),
+                });
+                return None;
+            }
+            // More than a ring's worth arrived before the join settled.
+            self.release(
+                table,
+                room,
+                Some("re-joined the room after an outage; more messages arrived than can be held while checking what was missed"),
+            );
+        }
+        self.publish_message(table, room, m)
+    }
+
+    /// [`Feed::message`] without holding: de-duplicates and publishes.
+    fn publish_message(&mut self, table: &RoomTable, room: usize, m: &Message<'_>) -> Option<u64> {
         let Message {
             nick,
             body,
@@ -61,11 +243,12 @@ impl Feed {
         } = *m;
         let key = message_key(nick, body);
         let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
+        if room_id.is_some_and(|id| table.room(room).ring().find_id(id).is_some()) {
+            // Already published (history or an archive fill overlapping live messages).
+            return None;
+        }
         if let Some(stamp) = delay {
             let ring = table.room(room).ring();
-            if room_id.is_some_and(|id| ring.find_id(id).is_some()) {
-                return None;
-            }
             if let (Some(last), Some(stamp)) = (&self.last_live, stamp_seconds(stamp))
                 && stamp < last.as_str()
             {
@@ -84,6 +267,8 @@ impl Feed {
         let seq = table.publish(room, |seq| {
             let id = room_id.map_or_else(|| table.mint_id(seq), str::to_string);
             self.last_message_id = id.clone();
+            self.last_message_key = key;
+            self.last_message_archived = room_id.is_some();
             self.since_message = 0;
             let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
             entry.key = key;

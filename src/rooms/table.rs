@@ -402,6 +402,25 @@ impl RoomTable {
         self.wake_room(index);
     }
 
+    /// A retired entry also forgets its name: a room dropped on demand (missing, refused,
+    /// unread) answers like any room the table does not hold, not `204`.
+    pub fn forget(&self, index: usize) {
+        let room = &self.rooms()[index];
+        if room.is_free() {
+            *room.node.borrow_mut() = Rc::from("");
+            *room.jid.borrow_mut() = Rc::from("");
+        }
+    }
+
+    /// The access inputs of `room` (or of every room: `None`) changed: its flags, tokens,
+    /// `private_rooms`. Every open stream of it is woken to be checked again.
+    pub fn access_changed(&self, room: Option<usize>) {
+        match room {
+            Some(index) => self.wake_room(index),
+            None => (0..self.rooms().len()).for_each(|i| self.wake_room(i)),
+        }
+    }
+
     /// Entries in use or used before (free ones included: check [`Room::is_free`]), by index.
     pub fn rooms(&self) -> &[Room] {
         &self.rooms[..self.used.get()]

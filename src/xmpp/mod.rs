@@ -2,6 +2,8 @@
 //! observer logic that turns room stanzas into room events.
 
 pub mod component;
+pub mod iq;
+pub mod link;
 pub mod muc;
 pub mod stream;
 pub mod text;

@@ -3,7 +3,8 @@
 //!
 //! Pure functions over [`Element`]s; the component link does the I/O.
 
-use super::stream::{Element, escape};
+use super::stream::Element;
+use super::text::{BadText, XmlText};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -18,33 +19,35 @@ pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 pub const NS_FASTEN: &str = "urn:xmpp:fasten:0";
 
 /// Join presence: available, to `room/nick`, with the MUC `<x/>` asking for `history` messages
-/// of history (0 = none), and the room's password when it has one.
+/// of history (0 = none), and the room's password when it has one. Every value is checked
+/// ([`XmlText`]): a room JID or nick XML forbids is refused, never sent.
 pub fn join(
     from: &str,
     room_jid: &str,
     nick: &str,
     history: usize,
     password: Option<&str>,
-) -> String {
-    let password = password
-        .map(|p| format!("<password>{}</password>", escape(p)))
-        .unwrap_or_default();
-    format!(
+) -> Result<String, BadText> {
+    let password = match password {
+        Some(p) => format!("<password>{}</password>", XmlText::new(p)?),
+        None => String::new(),
+    };
+    Ok(format!(
         "<presence from='{}' to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='{history}'/>{password}</x></presence>",
-        escape(from),
-        escape(room_jid),
-        escape(nick)
-    )
+        XmlText::new(from)?,
+        XmlText::new(room_jid)?,
+        XmlText::new(nick)?
+    ))
 }
 
 /// Leave presence.
-pub fn leave(from: &str, room_jid: &str, nick: &str) -> String {
-    format!(
+pub fn leave(from: &str, room_jid: &str, nick: &str) -> Result<String, BadText> {
+    Ok(format!(
         "<presence from='{}' to='{}/{}' type='unavailable'/>",
-        escape(from),
-        escape(room_jid),
-        escape(nick)
-    )
+        XmlText::new(from)?,
+        XmlText::new(room_jid)?,
+        XmlText::new(nick)?
+    ))
 }
 
 /// What a room stanza means to us.
@@ -100,6 +103,9 @@ pub enum MucEvent<'a> {
         codes: Vec<u16>,
         destroyed: bool,
     },
+    /// The room's configuration changed (status 104) or its logging/anonymity did (170–174):
+    /// what disco#info said about it (public, members-only, password, archive) may be stale.
+    ConfigChanged { room: &'a str },
     /// Anything else (others' presence, subject, history, private messages…).
     Ignored,
 }
@@ -136,6 +142,9 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
             };
             if let Some(retract) = retraction(stanza, room, nick) {
                 return retract;
+            }
+            if nick.is_none() && config_change(stanza) {
+                return MucEvent::ConfigChanged { room };
             }
             match (child("body"), child("subject")) {
                 (Some(body), _) => MucEvent::Message {
@@ -261,6 +270,19 @@ fn retraction<'a>(
     })
 }
 
+/// A message from the room itself carrying status 104 or 170–174 (XEP-0045 §10.2.1, §9.2).
+fn config_change(stanza: &Element) -> bool {
+    stanza.child("x", NS_MUC_USER).is_some_and(|x| {
+        x.children.iter().any(|c| {
+            c.name == "status"
+                && matches!(
+                    c.attr("code"),
+                    Some("104" | "170" | "171" | "172" | "173" | "174")
+                )
+        })
+    })
+}
+
 fn join_error<'a>(stanza: &'a Element, room: &'a str) -> MucEvent<'a> {
     let error = stanza.children.iter().find(|c| c.name == "error");
     let condition = error
@@ -317,7 +339,8 @@ mod tests {
             "a'b<",
             5,
             Some("p&w"),
-        );
+        )
+        .unwrap();
         assert!(s.contains("<password>p&amp;w</password>"), "{s}");
         assert!(s.contains("maxstanzas='5'"), "{s}");
         assert!(
@@ -326,6 +349,27 @@ mod tests {
         );
         let e = el(&s);
         assert!(e.child("x", NS_MUC).is_some());
+        assert!(join("s", "\u{fffe}@c", "n", 0, None).is_err());
+        assert!(join("s", "r@c", "n", 0, Some("\u{1b}")).is_err());
+        assert!(leave("s", "r@c", "n\u{0}").is_err());
+    }
+
+    #[test]
+    fn configuration_changes_are_noticed() {
+        for code in ["104", "172"] {
+            let e = el(&format!(
+                "<message type='groupchat' from='lobby@c'><x xmlns='http://jabber.org/protocol/muc#user'><status code='{code}'/></x></message>"
+            ));
+            assert_eq!(
+                classify(&e, NICK),
+                MucEvent::ConfigChanged { room: "lobby@c" }
+            );
+        }
+        // From an occupant, a status element means nothing.
+        let e = el(
+            "<message type='groupchat' from='lobby@c/mallory'><x xmlns='http://jabber.org/protocol/muc#user'><status code='104'/></x><body>hi</body></message>",
+        );
+        assert!(matches!(classify(&e, NICK), MucEvent::Message { .. }));
     }
 
     #[test]

@@ -453,11 +453,6 @@ fn open(
     })
 }
 
-/// Escapes text for XML character data and attribute values we send.
-pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
