@@ -61,6 +61,10 @@ fn a_frozen_link_is_detected_by_ping_and_reconnected() {
         .map(|e| field(e, "status").unwrap_or_default())
         .collect();
     assert_eq!(statuses, vec!["reconnecting", "joined"]);
+    // `history = 0` and no archive: nothing proves no message was sent during the freeze, so
+    // the stream says so before whatever comes next.
+    let gap = sub.next_event(T).expect("a gap event after the re-join");
+    assert_eq!(gap.event_type, "gap", "{gap:?}");
     let mut alice = XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     alice.send_groupchat("lobby", "after the freeze");

@@ -354,13 +354,7 @@ impl Session<'_> {
             .await;
             match wake {
                 Wake::Shutdown => return Ok(()),
-                Wake::Tick => {
-                    self.tick(&mut next_discovery).await?;
-                    if !*established && self.settled() {
-                        *established = true;
-                        log::debug!("every room is joined or settled: the back-off starts over");
-                    }
-                }
+                Wake::Tick => self.tick(&mut next_discovery).await?,
                 Wake::Read(read) => {
                     let n = read?;
                     if n == 0 {
@@ -369,16 +363,18 @@ impl Session<'_> {
                     self.read(&buf[..n]).await?;
                 }
             }
+            if !*established && self.joined() {
+                *established = true;
+                log::debug!("every room is joined or settled: the back-off starts over");
+            }
         }
     }
 
-    /// No room is between asking and being answered.
-    fn settled(&self) -> bool {
-        self.fills.is_empty()
-            && self
-                .links
-                .iter()
-                .all(|l| !matches!(l.phase, Phase::Checking | Phase::Joining))
+    /// No room is between being asked for and being joined (or refused).
+    fn joined(&self) -> bool {
+        self.links
+            .iter()
+            .all(|l| !matches!(l.phase, Phase::Checking | Phase::Joining))
     }
 
     /// Handles what one read brought: the events of one read go out together (one `writev`

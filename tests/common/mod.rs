@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod fake_upstream;
 pub mod json;
 pub mod prosody;
+pub mod relay;
 pub mod sse;
 pub mod xmpp;
 
