@@ -52,6 +52,12 @@ fn rooms_on_demand_are_joined_for_their_readers_and_left_after() {
     drop(sub);
     daemon.expect_log("leaving extra@", T);
     owner.wait_for("type='unavailable'", T);
+    // ...and stays out: the room reflecting our own leave is not a removal (no re-join loop).
+    std::thread::sleep(Duration::from_secs(4));
+    let log = daemon.log();
+    assert_eq!(daemon.log_count("joined room extra@"), 1, "{log}");
+    assert!(!log.contains("removed from room extra@"), "{log}");
+    assert_eq!(daemon.log_count("leaving extra@"), 1, "{log}");
     // A new reader brings it back.
     let mut again = SseClient::connect(daemon.http, "/eventsource/extra", &[]);
     assert!(
