@@ -21,7 +21,7 @@ use super::muc;
 use super::observer::{Phase, RoomLink, sync_links};
 use super::stream::{Element, Piece};
 use crate::config::{AuthFailure, Config};
-use crate::rooms::table::{JoinState, RoomTable, count};
+use crate::rooms::table::{RoomTable, count};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -63,17 +63,7 @@ pub async fn run(settings: &Settings, table: &RoomTable, shutdown: &Shutdown) ->
         } else {
             "reconnecting"
         };
-        for (index, link) in links.iter_mut().enumerate() {
-            if !matches!(link.phase, Phase::GaveUp | Phase::Idle) {
-                if !matches!(table.room(index).state(), JoinState::Failed(_)) {
-                    table.set_state(index, JoinState::Joining);
-                }
-                link.phase = Phase::Checking;
-                link.occupants.clear();
-                table.room(index).set_synced(false);
-                link.feed.status(table, index, status, Some(&reason));
-            }
-        }
+        super::observer::link_lost(table, &mut links, status, &reason);
         match end {
             End::Shutdown => return Ok(()),
             End::AuthRejected(why) => {
@@ -435,54 +425,6 @@ impl Session<'_> {
         if let Some(index) = from_room {
             self.links[index].last_heard = Instant::now();
             self.observe(index, event).await?;
-        }
-        Ok(())
-    }
-
-    /// An IQ from the server: a request is answered; an answer goes to what asked, once its id
-    /// (typed, with the room entry's generation) and sender check out.
-    async fn handle_iq(&mut self, stanza: &Element) -> Result<(), End> {
-        let kind = stanza.attr("type");
-        if matches!(kind, Some("get" | "set")) {
-            match iq::answer(stanza, &self.config.component) {
-                Ok(Some(xml)) => self.up.send(&xml).await?,
-                Ok(None) => {}
-                Err(bad) => log::debug!("an IQ from the server cannot be answered: {bad}"),
-            }
-            return Ok(());
-        }
-        let ok = match kind {
-            Some("result") => true,
-            Some("error") => false,
-            _ => return Ok(()),
-        };
-        let from = stanza.attr("from").unwrap_or("");
-        let Some(id) = stanza.attr("id").and_then(IqId::parse) else {
-            return Ok(());
-        };
-        match id {
-            IqId::LinkPing => {}
-            IqId::RoomsList => {
-                if ok && from.eq_ignore_ascii_case(&self.config.muc) {
-                    self.rooms_listed(stanza);
-                }
-            }
-            IqId::Resume { query } => self.resume_answered(stanza, ok, query),
-            IqId::Fill {
-                room,
-                generation,
-                page,
-            } => self.filled_page(stanza, ok, room, generation, page).await?,
-            IqId::SelfPing { room, generation } => {
-                if self.ours(room, generation, muc::split_jid(from).0) {
-                    self.self_pinged(stanza, ok, room).await?;
-                }
-            }
-            IqId::Disco { room, generation } => {
-                if self.ours(room, generation, from) {
-                    self.disco_answered(stanza, ok, room).await?;
-                }
-            }
         }
         Ok(())
     }

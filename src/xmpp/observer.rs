@@ -110,6 +110,23 @@ pub fn sync_links(config: &Config, table: &RoomTable, links: &mut Vec<RoomLink>)
     todo
 }
 
+/// The link is gone (`status`: reconnecting or shutdown): every room we were in or joining is
+/// to be checked and joined again, and its subscribers are told why.
+pub fn link_lost(table: &RoomTable, links: &mut [RoomLink], status: &'static str, reason: &str) {
+    for (index, link) in links.iter_mut().enumerate() {
+        if matches!(link.phase, Phase::GaveUp | Phase::Idle) {
+            continue;
+        }
+        if !matches!(table.room(index).state(), JoinState::Failed(_)) {
+            table.set_state(index, JoinState::Joining);
+        }
+        link.phase = Phase::Checking;
+        link.occupants.clear();
+        table.room(index).set_synced(false);
+        link.feed.status(table, index, status, Some(reason));
+    }
+}
+
 impl Session<'_> {
     /// What a room said, as classified: published, or acted on.
     pub(super) async fn observe(&mut self, index: usize, event: MucEvent<'_>) -> io::Result<()> {
