@@ -60,7 +60,11 @@ impl Feed {
             origin_id,
         } = *m;
         let key = message_key(nick, body);
+        // A stanza-id in a shape this daemon does not issue is replaced by a minted id.
         let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
+        if let Some(id) = room_id {
+            table.room(room).info.borrow_mut().stanza_shapes.record(id);
+        }
         if let Some(stamp) = delay {
             let ring = table.room(room).ring();
             if room_id.is_some_and(|id| ring.find_id(id).is_some()) {
@@ -85,7 +89,7 @@ impl Feed {
             let id = room_id.map_or_else(|| table.mint_id(seq), str::to_string);
             self.last_message_id = id.clone();
             self.since_message = 0;
-            let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
+            let mut entry = Entry::new(frame::Event::message(&id, nick, body), id, kind::MESSAGE);
             entry.key = key;
             entry.origin = origin_id.map(|o| (o.into(), nick.unwrap_or("").into()));
             entry
@@ -226,7 +230,11 @@ impl Feed {
         self.since_message += 1;
         let id = format!("{}~{}", self.last_message_id, self.since_message);
         table.publish(room, |_| {
-            Entry::new(frame::event(Some(event_type), &id, json), id.as_str(), kind)
+            Entry::new(
+                frame::Event::new(Some(event_type), &id, json),
+                id.as_str(),
+                kind,
+            )
         })
     }
 }
@@ -367,9 +375,26 @@ mod tests {
         f.joining(&t, 0);
         let replay = msg("a", "y", Some("sid-2"), Some("2999-01-01T00:00:00Z"));
         assert!(f.message(&t, 0, &replay).is_none());
-        // An id that would break the stream is not used.
-        f.message(&t, 0, &msg("a", "z", Some("bad\nid"), None));
-        assert!(!bodies(&t)[2].contains("bad"));
+        // An id that would break the stream, or that is in no shape this daemon issues, is
+        // not used; the ids used are recorded as the room's shapes.
+        let hostile = [
+            "bad\nid",
+            "x data: {y",
+            "a~1",
+            "b=c",
+            "\u{fffe}",
+            &"l".repeat(65),
+        ];
+        for (i, id) in hostile.iter().enumerate() {
+            f.message(&t, 0, &msg("a", "z", Some(id), None));
+            let frame = &bodies(&t)[2 + i];
+            assert!(
+                frame.starts_with(&format!("id: {}\n", t.mint_id(2 + i as u64))),
+                "{frame}"
+            );
+        }
+        let info = t.room(0).info.borrow();
+        assert!(info.stanza_shapes.admits("sid-9") && !info.stanza_shapes.admits("sid-10"));
     }
 
     #[test]
