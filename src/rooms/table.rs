@@ -340,7 +340,7 @@ impl RoomTable {
     /// Gives a room an entry (or returns the one it has; a configured room stays configured).
     /// Entries never used come first; then, for a configured room or when the table is full,
     /// the entry of a discovered or on-demand room nobody reads and we are not in. Returns
-    /// `None` when no entry can be had.
+    /// `None` when no entry can be had. Callers check `node` with `config::check_room_node`.
     pub fn add(&self, node: &str, muc: &str, origin: Origin) -> Option<usize> {
         let node = node.to_lowercase();
         let found = self.find_node(&node);
