@@ -4,6 +4,7 @@ use super::access::{self, Access};
 use super::multi;
 use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
+use crate::logger::Shown;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
@@ -263,9 +264,10 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
+            // The name as the client sent it, shown safely (no CR/LF or controls).
             return Err(Reply::text(
                 404,
-                format!("no room `{node}` is served here\n"),
+                format!("no room `{}` is served here\n", Shown(&node)),
             ));
         };
         if !rooms.contains(&index) {
@@ -532,6 +534,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(status("GET /eventsource?room=nope HTTP/1.1\r\n\r\n"), 404);
+        match answer("GET /eventsource?room=x%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\n\r\n") {
+            Route::Reply(r) => {
+                assert_eq!(r.status, 404);
+                let body = String::from_utf8(r.body).unwrap();
+                assert_eq!(
+                    body,
+                    "no room `x\\u{d}\\u{a}Set-Cookie: a=b` is served here\n"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(status("GET /eventsource HTTP/1.1\r\n\r\n"), 400);
     }
 

@@ -19,6 +19,7 @@ use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
+use crate::logger::Shown;
 use crate::rooms::resume;
 use crate::rooms::table::{Origin, RoomTable, count};
 use crate::settings::Settings;
@@ -258,8 +259,9 @@ async fn connection(
             .is_none()
     {
         server.warn_limited(&format!(
-            "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
-            config.max_rooms
+            "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
+            config.max_rooms,
+            Shown(&node)
         ));
     }
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
@@ -278,7 +280,7 @@ async fn connection(
             log::debug!(
                 "{peer}: {:?} {} -> {}",
                 head.method,
-                head.path,
+                Shown(&head.path),
                 reply.status
             );
             send(&socket, &reply.to_bytes()).await;
