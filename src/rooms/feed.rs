@@ -448,4 +448,33 @@ mod tests {
         assert!(all[0].ends_with("data: {\"subject\":\"Welcome\",\"nick\":\"o\"}\n\n"));
         assert!(all[2].contains("{\"status\":\"reconnecting\",\"reason\":\"link lost\"}"));
     }
+
+    #[test]
+    fn every_id_the_feed_issues_is_one_a_client_may_resume_from() {
+        let t = table();
+        let mut f = Feed::default();
+        f.status(&t, 0, "joined", None);
+        f.message(&t, 0, &msg("a", "minted", None, None));
+        f.subject(&t, 0, None, "s");
+        f.stanza_ids = true;
+        f.message(
+            &t,
+            0,
+            &msg("a", "sid", Some("8A46VJWqkYPaAFxkY_vLKDTL"), None),
+        );
+        f.message(&t, 0, &msg("a", "bad", Some("x\u{fffe}"), None));
+        f.occupant(&t, 0, "b", true);
+        f.status(&t, 0, "reconnecting", None);
+        t.retire(0, "gone");
+        let ring = t.room(0).ring();
+        for seq in ring.oldest()..ring.head() {
+            let id = &ring.entry(seq).unwrap().id;
+            assert!(
+                crate::rooms::resume::EventId::parse(id).is_some(),
+                "{id:?} is not in a shape the daemon takes back"
+            );
+            assert_eq!(ring.resume_point(id), Some(seq + 1), "{id:?}");
+        }
+        assert_eq!(ring.len(), 8);
+    }
 }
