@@ -19,6 +19,7 @@ use futures_lite::AsyncWriteExt;
 use super::routes::Start;
 use super::sse::Ended;
 use crate::rooms::frame::Json;
+use crate::rooms::resume::EventId;
 use crate::rooms::table::{JoinState, Subscription, count};
 
 /// Rooms one stream may merge.
@@ -50,26 +51,40 @@ pub fn composite<'a>(parts: impl Iterator<Item = (&'a str, &'a str)>) -> String 
     out
 }
 
-/// The (node, id) pairs of a composite id; `None` if it is not one.
+/// Parts a composite id may have at most (a stream merges at most [`MAX_ROOMS`]; a page that
+/// changed its room list may send a few more).
+const MAX_PARTS: usize = 4 * MAX_ROOMS;
+
+/// The (node, id) pairs of a composite id; `None` if it is not one this daemon can have issued:
+/// every node a valid room node, every id empty or an event id (`rooms::resume`).
 pub fn parse_composite(id: &str) -> Option<Vec<(String, String)>> {
+    if id.split('&').count() > MAX_PARTS {
+        return None;
+    }
     id.split('&')
         .map(|pair| {
             let (node, id) = pair.split_once('=')?;
-            Some((
-                super::request::percent_decode(node)?.to_lowercase(),
-                super::request::percent_decode(id)?,
-            ))
+            let node = super::request::percent_decode(node)?.to_lowercase();
+            let id = super::request::percent_decode(id)?;
+            crate::config::check_room_node(&node).ok()?;
+            if !id.is_empty() {
+                EventId::parse(&id)?;
+            }
+            Some((node, id))
         })
         .collect()
 }
 
 /// Where each room of the stream starts, from the request's `Start`: a composite
 /// `Last-Event-ID` resumes each room it names (an empty id: from the oldest held event), rooms
-/// it does not name start live; `?history=N` gives each room its last N.
+/// it does not name start live; an id that is not a composite one is unknown to every room (a
+/// `gap` each); `?history=N` gives each room its last N.
 pub fn starts(nodes: &[&str], start: &Start) -> Vec<Start> {
     match start {
         Start::After(id) => {
-            let parts = parse_composite(id).unwrap_or_default();
+            let Some(parts) = parse_composite(id) else {
+                return nodes.iter().map(|_| Start::Unknown(id.clone())).collect();
+            };
             nodes
                 .iter()
                 .map(|node| match parts.iter().find(|(n, _)| n == node) {
@@ -113,19 +128,9 @@ pub fn opening(
             Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
             Start::After(id) => match ring.resume_point(id) {
                 Some(seq) => seq,
-                None => {
-                    let json = Json::new()
-                        .str("room", &room.node())
-                        .str("lastEventId", id)
-                        .str(
-                            "reason",
-                            "events after this id are no longer held; some may be missing",
-                        )
-                        .finish();
-                    crate::rooms::frame::push_gap(&mut out, &json);
-                    ring.oldest()
-                }
+                None => gap(&mut out, &room.node(), ring.oldest(), id),
             },
+            Start::Unknown(id) => gap(&mut out, &room.node(), ring.oldest(), id),
         };
         follow.last_id = match start {
             Start::After(id) if ring.resume_point(id).is_some() => id.clone(),
@@ -137,6 +142,21 @@ pub fn opening(
         };
     }
     out
+}
+
+/// Appends the `gap` event of one room whose resume id is not held; returns `oldest`, where
+/// that room then starts.
+fn gap(out: &mut Vec<u8>, node: &str, oldest: u64, id: &str) -> u64 {
+    let json = Json::new()
+        .str("room", node)
+        .str("lastEventId", id)
+        .str(
+            "reason",
+            "events after this id are no longer held; some may be missing",
+        )
+        .finish();
+    crate::rooms::frame::push_gap(out, &json);
+    oldest
 }
 
 /// Appends pending events, oldest first across rooms, until `buf` holds [`BUFFER`] bytes.
@@ -302,18 +322,31 @@ mod tests {
 
     #[test]
     fn composite_ids_round_trip() {
-        let id = composite([("lobby", "abc-1"), ("caf&é", "x=y"), ("empty", "")].into_iter());
-        assert_eq!(id, "lobby=abc-1&caf%26%C3%A9=x%3Dy&empty=");
+        let id = composite([("lobby", "abc-1"), ("café", "x~2"), ("empty", "")].into_iter());
+        assert_eq!(id, "lobby=abc-1&caf%C3%A9=x~2&empty=");
         let parts = parse_composite(&id).unwrap();
         assert_eq!(
             parts,
             vec![
                 ("lobby".into(), "abc-1".into()),
-                ("caf&é".into(), "x=y".into()),
+                ("café".into(), "x~2".into()),
                 ("empty".into(), "".into())
             ]
         );
         assert!(parse_composite("plain-id").is_none());
+        for hostile in [
+            "lobby=%01",
+            "lobby=x%EF%BF%BE",
+            "lobby=a%0Ab",
+            "%01=abc",
+            "lo%2Fbby=abc",
+            "lobby=abc&news",
+            "lobby=a~b",
+        ] {
+            assert!(parse_composite(hostile).is_none(), "{hostile}");
+        }
+        assert!(parse_composite(&vec!["a=1"; MAX_PARTS + 1].join("&")).is_none());
+        assert!(parse_composite(&vec!["a=1"; MAX_PARTS].join("&")).is_some());
     }
 
     #[test]
@@ -329,5 +362,11 @@ mod tests {
             ]
         );
         assert_eq!(starts(&nodes, &Start::Last(3)), vec![Start::Last(3); 3]);
+        let s = starts(&nodes, &Start::After("abc-1".into()));
+        assert_eq!(
+            s,
+            vec![Start::Unknown("abc-1".into()); 3],
+            "not a composite id"
+        );
     }
 }

@@ -4,7 +4,9 @@ use super::access::{self, Access};
 use super::multi;
 use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
+use crate::logger::Shown;
 use crate::rooms::frame::Json;
+use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
 use crate::rooms::table::{JoinState, ROOM_MISSING, RoomTable, count};
 
@@ -28,8 +30,12 @@ Connection: close\r\n\r\n"
 pub enum Start {
     /// With the next event.
     Live,
-    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`).
+    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`): an id in a shape
+    /// this daemon issues (`rooms::resume`; a composite id for a stream of several rooms).
     After(String),
+    /// After an id this daemon cannot have issued: the stream says `gap` and starts with the
+    /// oldest event held. Such an id is never looked up anywhere else.
+    Unknown(String),
     /// With the last `n` events held (`?history=n`).
     Last(usize),
     /// With this ring sequence number (after messages fetched from the room's archive).
@@ -247,7 +253,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     }
     Route::Stream {
         room: index,
-        start: start(head),
+        start: start(head, false),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(&cors),
     }
@@ -258,9 +264,10 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
+            // The name as the client sent it, shown safely (no CR/LF or controls).
             return Err(Reply::text(
                 404,
-                format!("no room `{node}` is served here\n"),
+                format!("no room `{}` is served here\n", Shown(&node)),
             ));
         };
         if !rooms.contains(&index) {
@@ -301,7 +308,7 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     }
     Ok(Route::Multi {
         rooms,
-        start: start(head),
+        start: start(head, true),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(cors),
     })
@@ -318,14 +325,26 @@ fn mask(head: &Head, base: u8) -> u8 {
         .fold(base, |m, k| m | k)
 }
 
-fn start(head: &Head) -> Start {
+/// Where a stream starts: a resume id (`Last-Event-ID` wins over `?lastEventId=`) is taken
+/// only in a shape this daemon issues, a composite one for a stream of several rooms (`multi`);
+/// any other is [`Start::Unknown`].
+fn start(head: &Head, multi: bool) -> Start {
     let id = head
         .last_event_id
         .clone()
         .or_else(|| query_values(&head.query, "lastEventId").next())
         .filter(|id| !id.is_empty());
     if let Some(id) = id {
-        return Start::After(id);
+        let known = if multi {
+            multi::parse_composite(&id).is_some()
+        } else {
+            EventId::parse(&id).is_some()
+        };
+        return if known {
+            Start::After(id)
+        } else {
+            Start::Unknown(id)
+        };
     }
     match query_values(&head.query, "history")
         .next()
@@ -449,6 +468,47 @@ mod tests {
             start("GET /eventsource/lobby?history=x HTTP/1.1\r\n\r\n"),
             Start::Live
         );
+        // Ids in no shape the daemon issues are unknown, whichever way they come.
+        for (query, header, id) in [
+            ("?lastEventId=%01", "", "\u{1}"),
+            ("?lastEventId=%1b%5b2J", "", "\u{1b}[2J"),
+            ("?lastEventId=a%0Ab", "", "a\nb"),
+            ("?lastEventId=x~5~5", "", "x~5~5"),
+            ("", "Last-Event-ID: x\u{fffe}\r\n", "x\u{fffe}"),
+            ("", "Last-Event-ID: lobby=abc\r\n", "lobby=abc"),
+        ] {
+            assert_eq!(
+                start(&format!(
+                    "GET /eventsource/lobby{query} HTTP/1.1\r\n{header}\r\n"
+                )),
+                Start::Unknown(id.into()),
+                "{query} {header}"
+            );
+        }
+        for id in ["x~5", "~3", "8A46VJWqkYPaAFxkY_vLKDTL~2"] {
+            assert_eq!(
+                start(&format!(
+                    "GET /eventsource/lobby?lastEventId={id} HTTP/1.1\r\n\r\n"
+                )),
+                Start::After(id.into())
+            );
+        }
+        let multi = |req: &str| match answer(req) {
+            Route::Multi { start, .. } => start,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=lobby%3Dabc-1 HTTP/1.1\r\n\r\n"),
+            Start::After("lobby=abc-1".into())
+        );
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=abc-1 HTTP/1.1\r\n\r\n"),
+            Start::Unknown("abc-1".into())
+        );
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=lobby%3D%2501 HTTP/1.1\r\n\r\n"),
+            Start::Unknown("lobby=%01".into())
+        );
     }
 
     #[test]
@@ -474,6 +534,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(status("GET /eventsource?room=nope HTTP/1.1\r\n\r\n"), 404);
+        match answer("GET /eventsource?room=x%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\n\r\n") {
+            Route::Reply(r) => {
+                assert_eq!(r.status, 404);
+                let body = String::from_utf8(r.body).unwrap();
+                assert_eq!(
+                    body,
+                    "no room `x\\u{d}\\u{a}Set-Cookie: a=b` is served here\n"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(status("GET /eventsource HTTP/1.1\r\n\r\n"), 400);
     }
 

@@ -19,6 +19,8 @@ use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
+use crate::logger::Shown;
+use crate::rooms::resume;
 use crate::rooms::table::{Origin, RoomTable, count};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -257,8 +259,9 @@ async fn connection(
             .is_none()
     {
         server.warn_limited(&format!(
-            "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
-            config.max_rooms
+            "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
+            config.max_rooms,
+            Shown(&node)
         ));
     }
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
@@ -277,7 +280,7 @@ async fn connection(
             log::debug!(
                 "{peer}: {:?} {} -> {}",
                 head.method,
-                head.path,
+                Shown(&head.path),
                 reply.status
             );
             send(&socket, &reply.to_bytes()).await;
@@ -382,9 +385,11 @@ const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// A resume from an id the ring no longer holds, in a room with an archive (MAM): the messages
 /// after that id are fetched from the archive and sent first, then the ring from where the
-/// archive meets it. Returns where the ring part starts and the archived events' bytes. Anything
-/// else (no archive, no answer, the id unknown to the archive too) leaves `start` as it is,
-/// and the stream says `gap`.
+/// archive meets it. Returns where the ring part starts and the archived events' bytes. Only a
+/// stanza-id in the shape of the room's own goes to the archive, stripped of a named event's
+/// `~<n>` (`rooms::resume::archive_after`); anything else (no archive, an empty or minted base,
+/// a foreign id, no answer, the id unknown to the archive too) leaves `start` as it is, and the
+/// stream says `gap`.
 async fn from_archive(
     table: &RoomTable,
     room: usize,
@@ -394,10 +399,17 @@ async fn from_archive(
         return (start, Vec::new());
     };
     let r = table.room(room);
-    if r.ring().resume_point(id).is_some() || !r.info.borrow().mam {
+    if r.ring().resume_point(id).is_some() {
         return (start, Vec::new());
     }
-    let Some(found) = table.archive.fetch(room, id, ARCHIVE_WAIT).await else {
+    let after = {
+        let info = r.info.borrow();
+        match resume::archive_after(id, &info.stanza_shapes) {
+            Some(after) if info.mam => after,
+            _ => return (start, Vec::new()),
+        }
+    };
+    let Some(found) = table.archive.fetch(room, after, ARCHIVE_WAIT).await else {
         return (start, Vec::new());
     };
     let ring = r.ring();

@@ -65,21 +65,26 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
         Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
         Start::After(id) => match ring.resume_point(id) {
             Some(seq) => seq,
-            None => {
-                let json = Json::new()
-                    .str("lastEventId", id)
-                    .str(
-                        "reason",
-                        "events after this id are no longer held; some may be missing",
-                    )
-                    .num("resumingWith", ring.len() as u64)
-                    .finish();
-                crate::rooms::frame::push_gap(&mut out, &json);
-                ring.oldest()
-            }
+            None => gap(&mut out, ring, id),
         },
+        Start::Unknown(id) => gap(&mut out, ring, id),
     };
     (out, seq)
+}
+
+/// Appends the `gap` event for a client that resumed from `id`; the stream then starts with the
+/// oldest event held.
+fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
+    let json = Json::new()
+        .str("lastEventId", id)
+        .str(
+            "reason",
+            "events after this id are no longer held; some may be missing",
+        )
+        .num("resumingWith", ring.len() as u64)
+        .finish();
+    crate::rooms::frame::push_gap(out, &json);
+    ring.oldest()
 }
 
 /// Streams the room of `sub` to `socket` until the client leaves, falls behind, the room is
@@ -257,5 +262,12 @@ mod tests {
         );
         assert!(!String::from_utf8_lossy(&bytes).contains("id:"));
         assert_eq!(seq, 0);
+        let (bytes, seq) = opening("", 0, &ring, &Start::Unknown("e1\u{1}".into()));
+        assert!(bytes.starts_with(b"event: gap\n") && seq == 0);
+        let (bytes, seq) = opening("", 0, &ring, &Start::Unknown("e1".into()));
+        assert!(
+            bytes.starts_with(b"event: gap\n") && seq == 0,
+            "an unknown id is never looked up"
+        );
     }
 }

@@ -278,10 +278,14 @@ impl Feed {
             origin_id,
         } = *m;
         let key = message_key(nick, body);
+        // A stanza-id in a shape this daemon does not issue is replaced by a minted id.
         let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
         if room_id.is_some_and(|id| table.room(room).ring().find_id(id).is_some()) {
             // Already published (history or an archive fill overlapping live messages).
             return None;
+        }
+        if let Some(id) = room_id {
+            table.room(room).info.borrow_mut().stanza_shapes.record(id);
         }
         if let Some(stamp) = delay {
             let ring = table.room(room).ring();
@@ -306,7 +310,7 @@ impl Feed {
             self.last_message_key = key;
             self.last_message_archived = room_id.is_some();
             self.since_message = 0;
-            let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
+            let mut entry = Entry::new(frame::Event::message(&id, nick, body), id, kind::MESSAGE);
             entry.key = key;
             entry.origin = origin_id.map(|o| (o.into(), nick.unwrap_or("").into()));
             entry
@@ -447,7 +451,11 @@ impl Feed {
         self.since_message += 1;
         let id = format!("{}~{}", self.last_message_id, self.since_message);
         table.publish(room, |_| {
-            Entry::new(frame::event(Some(event_type), &id, json), id.as_str(), kind)
+            Entry::new(
+                frame::Event::new(Some(event_type), &id, json),
+                id.as_str(),
+                kind,
+            )
         })
     }
 }
@@ -715,9 +723,26 @@ mod tests {
         f.joining(&t, 0);
         let replay = msg("a", "y", Some("sid-2"), Some("2999-01-01T00:00:00Z"));
         assert!(f.message(&t, 0, &replay).is_none());
-        // An id that would break the stream is not used.
-        f.message(&t, 0, &msg("a", "z", Some("bad\nid"), None));
-        assert!(!bodies(&t)[2].contains("bad"));
+        // An id that would break the stream, or that is in no shape this daemon issues, is
+        // not used; the ids used are recorded as the room's shapes.
+        let hostile = [
+            "bad\nid",
+            "x data: {y",
+            "a~1",
+            "b=c",
+            "\u{fffe}",
+            &"l".repeat(65),
+        ];
+        for (i, id) in hostile.iter().enumerate() {
+            f.message(&t, 0, &msg("a", "z", Some(id), None));
+            let frame = &bodies(&t)[2 + i];
+            assert!(
+                frame.starts_with(&format!("id: {}\n", t.mint_id(2 + i as u64))),
+                "{frame}"
+            );
+        }
+        let info = t.room(0).info.borrow();
+        assert!(info.stanza_shapes.admits("sid-9") && !info.stanza_shapes.admits("sid-10"));
     }
 
     #[test]
@@ -770,5 +795,34 @@ mod tests {
         assert!(all[0].starts_with("event: subject\nid: "), "{}", all[0]);
         assert!(all[0].ends_with("data: {\"subject\":\"Welcome\",\"nick\":\"o\"}\n\n"));
         assert!(all[2].contains("{\"status\":\"reconnecting\",\"reason\":\"link lost\"}"));
+    }
+
+    #[test]
+    fn every_id_the_feed_issues_is_one_a_client_may_resume_from() {
+        let t = table();
+        let mut f = Feed::default();
+        f.status(&t, 0, "joined", None);
+        f.message(&t, 0, &msg("a", "minted", None, None));
+        f.subject(&t, 0, None, "s");
+        f.stanza_ids = true;
+        f.message(
+            &t,
+            0,
+            &msg("a", "sid", Some("8A46VJWqkYPaAFxkY_vLKDTL"), None),
+        );
+        f.message(&t, 0, &msg("a", "bad", Some("x\u{fffe}"), None));
+        f.occupant(&t, 0, "b", true);
+        f.status(&t, 0, "reconnecting", None);
+        t.retire(0, "gone");
+        let ring = t.room(0).ring();
+        for seq in ring.oldest()..ring.head() {
+            let id = &ring.entry(seq).unwrap().id;
+            assert!(
+                crate::rooms::resume::EventId::parse(id).is_some(),
+                "{id:?} is not in a shape the daemon takes back"
+            );
+            assert_eq!(ring.resume_point(id), Some(seq + 1), "{id:?}");
+        }
+        assert_eq!(ring.len(), 8);
     }
 }

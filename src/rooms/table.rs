@@ -88,6 +88,9 @@ pub struct RoomInfo {
     pub mam: bool,
     /// disco#info was answered (the flags above are known).
     pub known: bool,
+    /// The shapes of the stanza-ids the room has issued: only resume ids in one of them are
+    /// looked up in its archive.
+    pub stanza_shapes: super::resume::Shapes,
     pub subject: String,
     /// Other occupants present (our own occupant not counted), as seen from presence.
     pub occupants: u32,
@@ -337,7 +340,7 @@ impl RoomTable {
     /// Gives a room an entry (or returns the one it has; a configured room stays configured).
     /// Entries never used come first; then, for a configured room or when the table is full,
     /// the entry of a discovered or on-demand room nobody reads and we are not in. Returns
-    /// `None` when no entry can be had.
+    /// `None` when no entry can be had. Callers check `node` with `config::check_room_node`.
     pub fn add(&self, node: &str, muc: &str, origin: Origin) -> Option<usize> {
         let node = node.to_lowercase();
         let found = self.find_node(&node);
@@ -390,7 +393,7 @@ impl RoomTable {
         self.publish(index, |seq| {
             let id = format!("~{seq}");
             Entry::new(
-                super::frame::event(Some("status"), &id, &json),
+                super::frame::Event::new(Some("status"), &id, &json),
                 id,
                 super::ring::kind::STATUS,
             )
@@ -468,11 +471,12 @@ impl RoomTable {
         let mut entry = make(r.ring.borrow().head());
         // Events of all rooms in publication order, for streams that merge several rooms.
         entry.order = self.stats.events_in.get();
-        if r.dirty.get() && r.ring.borrow().oldest_after_push(entry.frame.len()) > r.flushed.get() {
+        if r.dirty.get() && r.ring.borrow().oldest_after_push(entry.frame().len()) > r.flushed.get()
+        {
             // The push would evict an event parked subscribers have not been sent yet.
             self.flush_room(room);
         }
-        r.held_bytes.set(r.held_bytes.get() + entry.frame.len());
+        r.held_bytes.set(r.held_bytes.get() + entry.frame().len());
         let seq = r.ring.borrow_mut().push(entry);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         r.dirty.set(true);
@@ -824,7 +828,7 @@ mod tests {
         for n in 1..=2 {
             t.publish(0, |seq| {
                 Entry::new(
-                    format!("data: {n}\n\n").into_bytes().into(),
+                    crate::rooms::frame::Event::raw(format!("data: {n}\n\n").into_bytes().into()),
                     t.mint_id(seq),
                     crate::rooms::ring::kind::MESSAGE,
                 )
@@ -872,7 +876,7 @@ mod tests {
     fn say(t: &RoomTable, room: usize, text: &str) -> u64 {
         t.publish(room, |seq| {
             Entry::new(
-                format!("data: {text}\n\n").into_bytes().into(),
+                crate::rooms::frame::Event::raw(format!("data: {text}\n\n").into_bytes().into()),
                 t.mint_id(seq),
                 crate::rooms::ring::kind::MESSAGE,
             )
