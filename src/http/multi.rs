@@ -18,6 +18,7 @@ use futures_lite::AsyncWriteExt;
 
 use super::routes::Start;
 use super::sse::Ended;
+use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
 use crate::rooms::table::{JoinState, Subscription, count};
@@ -107,13 +108,15 @@ pub struct Follow<'t> {
     pub last_id: String,
 }
 
-/// The response head, `retry:`, and a `gap` event for each room whose resume id is no longer
-/// held; sets each follow's starting point.
+/// The response head, `retry:`, a `gap` event for each room whose resume id is no longer
+/// held, and what the archive gave the rooms resumed from it (`resumed`, by room: the start the
+/// client asked for and what was found); sets each follow's starting point.
 pub fn opening(
     head: &str,
     retry_ms: usize,
     follows: &mut [Follow<'_>],
     starts: &[Start],
+    resumed: &[Option<(Start, Resumed)>],
 ) -> Vec<u8> {
     let mut out = head.as_bytes().to_vec();
     if retry_ms > 0 {
@@ -141,7 +144,42 @@ pub fn opening(
                 .map_or_else(String::new, |e| e.id.to_string()),
         };
     }
+    // Rooms resumed from their archive stand at the id the client gave until their archived
+    // messages are written, each with the composite id it makes.
+    for (follow, resumed) in follows.iter_mut().zip(resumed) {
+        if let Some((Start::After(asked), _)) = resumed {
+            follow.last_id = asked.clone();
+        }
+    }
+    for (i, resumed) in resumed.iter().enumerate() {
+        let Some((Start::After(asked), found)) = resumed else {
+            continue;
+        };
+        let node = follows[i].sub.room().node();
+        for m in &found.events {
+            follows[i].last_id = m.id.to_string();
+            push_id(&mut out, follows);
+            out.extend_from_slice(&m.event.multi(&node));
+        }
+        if found.short {
+            crate::rooms::frame::push_gap(&mut out, &Resumed::gap_json(asked, Some(&node)));
+        }
+    }
     out
+}
+
+/// Appends the `id:` line naming where every room of the stream stands.
+fn push_id(buf: &mut Vec<u8>, follows: &[Follow<'_>]) {
+    let nodes: Vec<_> = follows.iter().map(|f| f.sub.room().node()).collect();
+    let id = composite(
+        nodes
+            .iter()
+            .zip(follows.iter())
+            .map(|(node, f)| (&**node, f.last_id.as_str())),
+    );
+    buf.extend_from_slice(b"id: ");
+    buf.extend_from_slice(id.as_bytes());
+    buf.push(b'\n');
 }
 
 /// Appends the `gap` event of one room whose resume id is not held; returns `oldest`, where
@@ -190,16 +228,7 @@ fn fill(follows: &mut [Follow<'_>], mask: u8, buf: &mut Vec<u8>) -> Result<(), (
             entry.multi_frame(&room.node())
         };
         follows[i].seq += 1;
-        let nodes: Vec<_> = follows.iter().map(|f| f.sub.room().node()).collect();
-        let id = composite(
-            nodes
-                .iter()
-                .zip(follows.iter())
-                .map(|(node, f)| (&**node, f.last_id.as_str())),
-        );
-        buf.extend_from_slice(b"id: ");
-        buf.extend_from_slice(id.as_bytes());
-        buf.push(b'\n');
+        push_id(buf, follows);
         buf.extend_from_slice(&frame);
     }
     Ok(())

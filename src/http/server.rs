@@ -20,6 +20,7 @@ use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
 use crate::logger::Shown;
+use crate::rooms::archive::Resumed;
 use crate::rooms::resume;
 use crate::rooms::table::{Origin, RoomTable, count};
 use crate::settings::Settings;
@@ -305,7 +306,12 @@ async fn connection(
                 room.jid(),
                 room.subscribers()
             );
-            let (start, archived) = Box::pin(from_archive(server.table, room_index, start)).await;
+            let asked = match &start {
+                routes::Start::After(id) => id.clone(),
+                _ => String::new(),
+            };
+            let (start, resumed) = Box::pin(from_archive(server.table, room_index, start)).await;
+            let archived = archived_bytes(resumed, &asked);
             let (mut opening, first) =
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
@@ -364,8 +370,21 @@ async fn connection(
             }
             let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
-            let starts = multi::starts(&nodes, &start);
-            let opening = multi::opening(&stream_head, config.retry_ms, &mut follows, &starts);
+            let mut starts = multi::starts(&nodes, &start);
+            let mut resumed = Vec::with_capacity(rooms.len());
+            for (i, &room) in rooms.iter().enumerate() {
+                let (start, found) =
+                    Box::pin(from_archive(server.table, room, starts[i].clone())).await;
+                resumed.push(found.map(|found| (starts[i].clone(), found)));
+                starts[i] = start;
+            }
+            let opening = multi::opening(
+                &stream_head,
+                config.retry_ms,
+                &mut follows,
+                &starts,
+                &resumed,
+            );
             stream_socket(&socket, config);
             log::debug!(
                 "{peer}: subscribed to {} rooms: {}",
@@ -384,8 +403,8 @@ async fn connection(
 const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// A resume from an id the ring no longer holds, in a room with an archive (MAM): the messages
-/// after that id are fetched from the archive and sent first, then the ring from where the
-/// archive meets it. Returns where the ring part starts and the archived events' bytes. Only a
+/// after that id are fetched from the archive, to be sent first, then the ring from where the
+/// archive meets it. Returns where the ring part starts and what the archive gave. Only a
 /// stanza-id in the shape of the room's own goes to the archive, stripped of a named event's
 /// `~<n>` (`rooms::resume::archive_after`); anything else (no archive, an empty or minted base,
 /// a foreign id, no answer, the id unknown to the archive too) leaves `start` as it is, and the
@@ -394,23 +413,23 @@ async fn from_archive(
     table: &RoomTable,
     room: usize,
     start: routes::Start,
-) -> (routes::Start, Vec<u8>) {
+) -> (routes::Start, Option<Resumed>) {
     let routes::Start::After(id) = &start else {
-        return (start, Vec::new());
+        return (start, None);
     };
     let r = table.room(room);
     if r.ring().resume_point(id).is_some() {
-        return (start, Vec::new());
+        return (start, None);
     }
     let after = {
         let info = r.info.borrow();
         match resume::archive_after(id, &info.stanza_shapes) {
             Some(after) if info.mam => after,
-            _ => return (start, Vec::new()),
+            _ => return (start, None),
         }
     };
     let Some(found) = table.archive.fetch(room, after, ARCHIVE_WAIT).await else {
-        return (start, Vec::new());
+        return (start, None);
     };
     let ring = r.ring();
     // The first archived message the ring also holds is where the ring takes over.
@@ -418,32 +437,37 @@ async fn from_archive(
         .messages
         .iter()
         .position(|m| ring.find_id(&m.id).is_some());
-    let mut bytes = Vec::new();
-    for m in &found.messages[..meet.unwrap_or(found.messages.len())] {
-        bytes.extend_from_slice(&m.frame);
-    }
+    let next = match meet {
+        Some(i) => ring.find_id(&found.messages[i].id).unwrap_or(ring.oldest()),
+        None => ring.oldest(),
+    };
+    let mut events = found.messages;
+    events.truncate(meet.unwrap_or(events.len()));
     log::debug!(
         "{}: resumed {} messages from the archive",
         r.jid(),
-        meet.unwrap_or(found.messages.len())
+        events.len()
     );
-    let next = match meet {
-        Some(i) => ring.find_id(&found.messages[i].id).unwrap_or(ring.oldest()),
-        None => {
-            if !found.complete {
-                let json = crate::rooms::frame::Json::new()
-                    .str("lastEventId", id)
-                    .str(
-                        "reason",
-                        "the archive holds more messages than one resume fetches; some may be missing",
-                    )
-                    .finish();
-                crate::rooms::frame::push_gap(&mut bytes, &json);
-            }
-            ring.oldest()
-        }
+    let short = meet.is_none() && !found.complete;
+    (
+        routes::Start::FromSeq(next),
+        Some(Resumed { events, short }),
+    )
+}
+
+/// The bytes a single-room stream sends for what the archive gave a resume from `id`.
+fn archived_bytes(resumed: Option<Resumed>, id: &str) -> Vec<u8> {
+    let Some(resumed) = resumed else {
+        return Vec::new();
     };
-    (routes::Start::FromSeq(next), bytes)
+    let mut bytes = Vec::new();
+    for m in &resumed.events {
+        bytes.extend_from_slice(&m.event.frame);
+    }
+    if resumed.short {
+        crate::rooms::frame::push_gap(&mut bytes, &Resumed::gap_json(id, None));
+    }
+    bytes
 }
 
 /// How long a resuming client may wait for its rooms to finish joining.

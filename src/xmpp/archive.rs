@@ -154,6 +154,11 @@ impl Session<'_> {
         if !frame::valid_id(id) {
             return true;
         }
+        if let Some(room) = sender {
+            // An archive id is a stanza-id of the room: resumes in its shape may be asked for.
+            let info = &self.table.room(room).info;
+            info.borrow_mut().stanza_shapes.record(id);
+        }
         match IqId::parse(query) {
             Some(IqId::Resume { query }) => {
                 if let Some(Query::Resume { room, messages, .. }) = self.resumes.get_mut(&query)
@@ -162,7 +167,7 @@ impl Session<'_> {
                 {
                     messages.push(Archived {
                         id: id.into(),
-                        frame: frame::message(id, nick, &body.text),
+                        event: frame::Event::message(id, nick, &body.text),
                     });
                 }
             }
