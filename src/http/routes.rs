@@ -328,7 +328,7 @@ fn mask(head: &Head, base: u8) -> u8 {
 /// Where a stream starts: a resume id (`Last-Event-ID` wins over `?lastEventId=`) is taken
 /// only in a shape this daemon issues, a composite one for a stream of several rooms (`multi`);
 /// any other is [`Start::Unknown`].
-fn start(head: &Head, multi: bool) -> Start {
+pub fn start(head: &Head, multi: bool) -> Start {
     let id = head
         .last_event_id
         .clone()
