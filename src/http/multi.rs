@@ -16,6 +16,7 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::access::Guard;
 use super::routes::Start;
 use super::sse::Ended;
 use crate::rooms::frame::Json;
@@ -90,6 +91,35 @@ pub struct Follow<'t> {
     pub seq: u64,
     /// Id of the last event sent (or the one before the start), for the composite id.
     pub last_id: String,
+    /// The room's access epoch when this stream last checked its access to it.
+    pub checked: u64,
+}
+
+impl<'t> Follow<'t> {
+    pub fn new(sub: Subscription<'t>) -> Follow<'t> {
+        Follow {
+            checked: sub.room().access_epoch(),
+            sub,
+            seq: 0,
+            last_id: String::new(),
+        }
+    }
+}
+
+/// Checks access again to every room whose access epoch moved (every room: `all`); the first
+/// room refused and why.
+fn recheck(follows: &mut [Follow<'_>], guard: &Guard, all: bool) -> Option<(usize, &'static str)> {
+    for (i, follow) in follows.iter_mut().enumerate() {
+        let room = follow.sub.room();
+        let epoch = room.access_epoch();
+        if all || epoch != follow.checked {
+            follow.checked = epoch;
+            if let Err(why) = guard.recheck(room) {
+                return Some((i, why));
+            }
+        }
+    }
+    None
 }
 
 /// The response head, `retry:`, and a `gap` event for each room whose resume id is no longer
@@ -192,17 +222,22 @@ enum Woke {
     Shutdown,
 }
 
-/// Streams the merged rooms until the client leaves, falls behind, every room is gone, or
+/// Streams the merged rooms until the client leaves, falls behind, every room is gone, access
+/// to one of them is withdrawn (the whole stream ends: `status: forbidden` naming the room), or
 /// shutdown.
 pub async fn stream(
     follows: &mut [Follow<'_>],
     socket: &Async<TcpStream>,
     opening: Vec<u8>,
     mask: u8,
+    guard: &Guard,
 ) -> Ended {
     let Some(stats) = follows.first().map(|f| f.sub.stats()) else {
         return Ended::Shutdown;
     };
+    if let Some((_, why)) = recheck(follows, guard, true) {
+        return Ended::Forbidden(why);
+    }
     let mut writer = socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -213,6 +248,12 @@ pub async fn stream(
     let mut sent = 0;
     let mut beats = follows[0].sub.heartbeat();
     loop {
+        if let Some((i, why)) = recheck(follows, guard, false) {
+            // What the buffer holds was read before the change: it is dropped, not sent.
+            let between = sent == 0 || sent == buf.len();
+            let node = follows[i].sub.room().node();
+            return super::sse::forbid(socket, between, Some(&node), why, &follows[i].sub).await;
+        }
         let closing = follows[0].sub.closing();
         if sent == buf.len() {
             buf.clear();
@@ -277,6 +318,9 @@ async fn wait(
         }
         for follow in follows {
             follow.sub.register(cx.waker());
+            if follow.sub.room().access_epoch() != follow.checked {
+                return Poll::Ready(Woke::Retry);
+            }
             let ring = follow.sub.room().ring();
             if follow.seq < ring.oldest() || (!want_write && ring.head() > follow.seq) {
                 return Poll::Ready(Woke::Retry);

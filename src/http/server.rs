@@ -15,6 +15,7 @@ use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 
+use super::access::{self, Guard};
 use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
@@ -243,24 +244,31 @@ async fn connection(
         Err(Some(Err(_))) => return,
     };
     // With `on_demand`, a stream of a room the table does not hold yet gives it an entry; the
-    // XMPP side checks it exists (never creating it) and joins it.
-    if config.on_demand
+    // XMPP side asks its disco#info (never creating it), and the route waits for that to
+    // decide. Not for a request the global token refuses anyway.
+    let on_demand = if config.on_demand
         && let Some(node) = head
             .path
             .strip_prefix("/eventsource/")
             .and_then(super::request::percent_decode)
-        && server.table.find_node(&node).is_none()
-        && crate::config::check_room_node(&node).is_ok()
         && server
             .table
-            .add(&node, &config.muc, Origin::OnDemand)
-            .is_none()
+            .find_node(&node)
+            .is_none_or(|i| server.table.room(i).is_free())
+        && crate::config::check_room_node(&node).is_ok()
+        && access::passes_global(config, &access::Credential::of(&head, config))
     {
-        server.warn_limited(&format!(
-            "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
-            config.max_rooms
-        ));
-    }
+        let added = server.table.add(&node, &config.muc, Origin::OnDemand);
+        if added.is_none() {
+            server.warn_limited(&format!(
+                "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
+                config.max_rooms
+            ));
+        }
+        added
+    } else {
+        None
+    };
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
     // than turn the client away at once.
     let deadline = Instant::now() + SYNC_WAIT;
@@ -271,6 +279,9 @@ async fn connection(
     {
         Timer::after(Duration::from_millis(50)).await;
         route = routes::route(&head, server.table, config);
+    }
+    if let Some(index) = on_demand {
+        retire_unread(server.table, index, &route);
     }
     match route {
         Route::Reply(reply) | Route::NotReady(reply) => {
@@ -307,6 +318,10 @@ async fn connection(
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
             stream_socket(&socket, config);
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
             // The stream runs as a task of its own holding only what it needs, so nothing of
             // this (much larger) request-handling future stays allocated per subscriber.
             let room = room.jid();
@@ -314,7 +329,7 @@ async fn connection(
             executor
                 .spawn(async move {
                     let _per_ip = per_ip;
-                    let ended = sse::stream(&sub, socket, opening, first, mask).await;
+                    let ended = sse::stream(&sub, socket, opening, first, mask, &guard).await;
                     match ended {
                         sse::Ended::Lapped => log::debug!(
                             "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",
@@ -353,11 +368,7 @@ async fn connection(
                     Box::pin(table_full(server, &socket, &head, peer)).await;
                     return;
                 };
-                follows.push(multi::Follow {
-                    sub,
-                    seq: 0,
-                    last_id: String::new(),
-                });
+                follows.push(multi::Follow::new(sub));
             }
             let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
@@ -371,9 +382,29 @@ async fn connection(
             );
             // Boxed, like the other rare paths: a connection's future is as large as its largest
             // state, and it lives as long as the stream.
-            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask)).await;
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
+            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask, &guard)).await;
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
+    }
+}
+
+/// An on-demand entry this request added whose answer is "no such room" (the room is missing,
+/// or this request may not read it) or "try later" is retired unless someone reads it: the daemon does not
+/// stay in a room for a refused request, and `/` never lists it.
+fn retire_unread(table: &RoomTable, index: usize, route: &Route) {
+    let room = table.room(index);
+    let refused = match route {
+        Route::Reply(reply) => reply.status == 404,
+        // Not looked up in time (the upstream may be down): asked again, it is added again.
+        Route::NotReady(_) => true,
+        _ => false,
+    };
+    if refused && room.origin() == Origin::OnDemand && room.subscribers() == 0 {
+        table.retire(index, routes::ON_DEMAND_RETIRED);
     }
 }
 

@@ -18,6 +18,7 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::access::Guard;
 use super::routes::Start;
 use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
@@ -41,6 +42,9 @@ pub enum Ended {
     Shutdown,
     /// The room was destroyed; its last event said so.
     RoomGone,
+    /// The stream may no longer read its room (its flags, a token or the policy changed); its
+    /// last event said so.
+    Forbidden(&'static str),
     Error(io::Error),
 }
 
@@ -82,16 +86,64 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
     (out, seq)
 }
 
+/// How long the last `status: forbidden` event may take to go out.
+const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends a stream whose reader may no longer read what it streams: a last `event: status` with
+/// `{"status":"forbidden","reason":…}` (`"room"` first for a multi-room stream; no `id:`, so
+/// the client's last id stays), written within [`LAST_WORD`], unless an event is half-written
+/// (`between_events` false): then the connection just closes.
+pub async fn forbid(
+    socket: &Async<TcpStream>,
+    between_events: bool,
+    room: Option<&str>,
+    why: &'static str,
+    sub: &Subscription<'_>,
+) -> Ended {
+    if between_events {
+        let json = match room {
+            Some(room) => Json::new().str("room", room),
+            None => Json::new(),
+        }
+        .str("status", "forbidden")
+        .str("reason", why)
+        .finish();
+        let mut frame = b"event: status\ndata: ".to_vec();
+        frame.extend_from_slice(&json);
+        frame.extend_from_slice(b"\n\n");
+        let mut writer = socket;
+        let sent =
+            futures_lite::future::or(async { writer.write_all(&frame).await.is_ok() }, async {
+                async_io::Timer::after(LAST_WORD).await;
+                false
+            })
+            .await;
+        if sent {
+            count(&sub.stats().bytes_out, frame.len() as u64);
+        }
+    }
+    Ended::Forbidden(why)
+}
+
 /// Streams the room of `sub` to `socket` until the client leaves, falls behind, the room is
-/// destroyed, or shutdown. `opening` (from [`opening`]) is written first.
+/// destroyed, its access is withdrawn, or shutdown. `opening` (from [`opening`]) is written
+/// first. Whenever the room's access epoch moves ([`RoomTable::access_changed`]), the stream
+/// checks its access again (`guard`) before writing anything more.
 pub async fn stream(
     sub: &Subscription<'_>,
     socket: Rc<Async<TcpStream>>,
     opening: Vec<u8>,
     first: u64,
     mask: u8,
+    guard: &Guard,
 ) -> Ended {
     sub.attach(socket.clone(), mask, first);
+    // Access may have changed while the request was being answered (archive fetch, waits).
+    let mut checked = sub.room().access_epoch();
+    if let Err(why) = guard.recheck(sub.room()) {
+        // Nothing sent yet: closing makes an EventSource retry and be refused properly.
+        return Ended::Forbidden(why);
+    }
     let mut writer = &*socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -101,6 +153,14 @@ pub async fn stream(
     drop(opening);
     let mut beats = sub.heartbeat();
     loop {
+        let epoch = sub.room().access_epoch();
+        if epoch != checked {
+            checked = epoch;
+            if let Err(why) = guard.recheck(sub.room()) {
+                let between = sub.cursor().offset == 0;
+                return forbid(&socket, between, None, why, sub).await;
+            }
+        }
         let closing = sub.closing();
         let mut cursor = sub.cursor();
         let wrote = write_pending(
