@@ -51,11 +51,6 @@ impl Credential {
                 .map(std::rc::Rc::from),
         }
     }
-
-    /// No token, no origin: what an anonymous reader presents (for the pages' listings).
-    pub fn anonymous() -> Credential {
-        Credential::default()
-    }
 }
 
 /// Does the room's disco#info say it is public, open and not password-protected?
@@ -119,7 +114,8 @@ pub const PRIVATE: &str = "this room is hidden, members-only or password-protect
 /// Is a stream that opened with `credential` still allowed to read `room`? The room rules of
 /// [`check_with`], plus CORS: a page whose origin was allowed when the stream opened and no
 /// longer is (a reload changed `cors_origins`) loses its stream too. A room whose flags are not
-/// known at the moment (re-joining after a reconnect) is refused only if the policy needs them.
+/// known (`NotYetKnown`) keeps its streams: the flags are only ever replaced by a new disco#info
+/// answer, never cleared while a room is served.
 pub fn recheck(config: &Config, room: &Room, credential: &Credential) -> Result<(), &'static str> {
     if let Some(origin) = credential.origin.as_deref()
         && !origin_allowed(config, origin)
@@ -162,12 +158,6 @@ pub fn operator(config: &Config, head: &Head) -> bool {
     config.status_token.as_deref().is_some_and(|needed| {
         presented(head).is_some_and(|t| same_secret(t.as_bytes(), needed.as_bytes()))
     })
-}
-
-/// May an anonymous reader (no token) read this room? What the pages list without
-/// `status_token`.
-pub fn anonymous_may_read(config: &Config, room: &Room) -> bool {
-    check_with(config, room, &Credential::anonymous()) == Access::Allow
 }
 
 fn origin_allowed(config: &Config, origin: &str) -> bool {
@@ -278,7 +268,7 @@ mod tests {
         let own = head("GET /x HTTP/1.1\r\nAuthorization: Bearer R\r\n\r\n");
         // keys, then who may read (no token, the global token G, the room's own token R) for a
         // public room and for a private one.
-        let rows: [(&str, [bool; 3], [bool; 3]); 5] = [
+        let rows: [(&str, [bool; 3], [bool; 3]); 6] = [
             ("", [true, true, true], [false, false, false]),
             ("private_rooms = allow", [true; 3], [true; 3]),
             ("token = G", [false, true, false], [false, false, false]),
@@ -289,6 +279,11 @@ mod tests {
             ),
             (
                 "token = G\ntoken.closed = R",
+                [false, false, true],
+                [false, false, true],
+            ),
+            (
+                "token.closed = R",
                 [false, false, true],
                 [false, false, true],
             ),
@@ -332,7 +327,9 @@ mod tests {
             check(&c, t.room(1), &head("GET /x?token=op HTTP/1.1\r\n\r\n")),
             Access::Forbidden(_)
         ));
-        assert!(anonymous_may_read(&c, t.room(0)) && !anonymous_may_read(&c, t.room(1)));
+        let anonymous = Credential::default();
+        assert_eq!(check_with(&c, t.room(0), &anonymous), Access::Allow);
+        assert_ne!(check_with(&c, t.room(1), &anonymous), Access::Allow);
         let page = head("GET /x HTTP/1.1\r\nOrigin: http://wall.lan\r\n\r\n");
         let credential = Credential::of(&page, &c);
         assert_eq!(recheck(&c, t.room(0), &credential), Ok(()));

@@ -252,7 +252,7 @@ pub async fn stream(
             // What the buffer holds was read before the change: it is dropped, not sent.
             let between = sent == 0 || sent == buf.len();
             let node = follows[i].sub.room().node();
-            return super::sse::forbid(socket, between, Some(&node), why, &follows[i].sub).await;
+            return super::sse::forbid(socket, between, Some(&node), why, stats).await;
         }
         let closing = follows[0].sub.closing();
         if sent == buf.len() {

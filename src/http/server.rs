@@ -393,8 +393,8 @@ async fn connection(
 }
 
 /// An on-demand entry this request added whose answer is "no such room" (the room is missing,
-/// or this request may not read it) or "try later" is retired unless someone reads it: the daemon does not
-/// stay in a room for a refused request, and `/` never lists it.
+/// or this request may not read it) or "try later" is retired unless someone reads it: the
+/// daemon does not stay in a room for a refused request, and `/` never lists it.
 fn retire_unread(table: &RoomTable, index: usize, route: &Route) {
     let room = table.room(index);
     let refused = match route {

@@ -24,7 +24,7 @@ use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::{JoinState, Mode, RoomTable, Subscription, count};
+use crate::rooms::table::{JoinState, Mode, RoomTable, Stats, Subscription, count};
 
 impl Outlet for Async<TcpStream> {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -98,7 +98,7 @@ pub async fn forbid(
     between_events: bool,
     room: Option<&str>,
     why: &'static str,
-    sub: &Subscription<'_>,
+    stats: &Stats,
 ) -> Ended {
     if between_events {
         let json = match room {
@@ -119,7 +119,7 @@ pub async fn forbid(
             })
             .await;
         if sent {
-            count(&sub.stats().bytes_out, frame.len() as u64);
+            count(&stats.bytes_out, frame.len() as u64);
         }
     }
     Ended::Forbidden(why)
@@ -158,7 +158,7 @@ pub async fn stream(
             checked = epoch;
             if let Err(why) = guard.recheck(sub.room()) {
                 let between = sub.cursor().offset == 0;
-                return forbid(&socket, between, None, why, sub).await;
+                return forbid(&socket, between, None, why, sub.stats()).await;
             }
         }
         let closing = sub.closing();
