@@ -300,13 +300,15 @@ async fn connection(
             head: stream_head,
         } => {
             let room_index = room;
-            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
-                return;
-            }
+            // Subscribed before waiting for the room to be joined: an on-demand room is joined
+            // only while it has a subscriber.
             let Some(sub) = server.table.subscribe(room) else {
                 Box::pin(table_full(server, &socket, &head, peer)).await;
                 return;
             };
+            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
+                return;
+            }
             let room = sub.room();
             log::debug!(
                 "{peer}: subscribed to {} ({} subscribers)",
@@ -357,9 +359,6 @@ async fn connection(
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
-            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
-                return;
-            }
             let _multi = Pending::new(&server.multi_streams);
             let mut follows = Vec::with_capacity(rooms.len());
             for &room in &rooms {
@@ -369,6 +368,9 @@ async fn connection(
                     return;
                 };
                 follows.push(multi::Follow::new(sub));
+            }
+            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
+                return;
             }
             let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
