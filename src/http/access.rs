@@ -111,20 +111,33 @@ pub fn check_with(config: &Config, room: &Room, credential: &Credential) -> Acce
 /// Why a private room is refused.
 pub const PRIVATE: &str = "this room is hidden, members-only or password-protected; the server's operator can give it a read token (token.<room>)";
 
+/// Where an open stream stands after its access is checked again.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// It may go on reading.
+    Reads,
+    /// The room's flags are not known at the moment (the XMPP side is reading its disco#info
+    /// again): nothing more is written to it until they are and it is checked once more.
+    Held,
+    /// It may no longer read the room; the reason to tell it.
+    Refused(&'static str),
+}
+
 /// Is a stream that opened with `credential` still allowed to read `room`? The room rules of
 /// [`check_with`], plus CORS: a page whose origin was allowed when the stream opened and no
-/// longer is (a reload changed `cors_origins`) loses its stream too. A room whose flags are not
-/// known (`NotYetKnown`) keeps its streams: the flags are only ever replaced by a new disco#info
-/// answer, never cleared while a room is served.
-pub fn recheck(config: &Config, room: &Room, credential: &Credential) -> Result<(), &'static str> {
+/// longer is (a reload changed `cors_origins`) loses its stream too.
+pub fn recheck(config: &Config, room: &Room, credential: &Credential) -> Standing {
     if let Some(origin) = credential.origin.as_deref()
         && !origin_allowed(config, origin)
     {
-        return Err("this page's origin is no longer allowed to read streams (cors_origins)");
+        return Standing::Refused(
+            "this page's origin is no longer allowed to read streams (cors_origins)",
+        );
     }
     match check_with(config, room, credential) {
-        Access::Allow | Access::NotYetKnown => Ok(()),
-        Access::Forbidden(why) => Err(why),
+        Access::Allow => Standing::Reads,
+        Access::NotYetKnown => Standing::Held,
+        Access::Forbidden(why) => Standing::Refused(why),
     }
 }
 
@@ -136,8 +149,8 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// `Err(reason)` when the stream may no longer read `room` (see [`recheck`]).
-    pub fn recheck(&self, room: &Room) -> Result<(), &'static str> {
+    /// Where the stream stands with `room` now (see [`recheck`]).
+    pub fn recheck(&self, room: &Room) -> Standing {
         recheck(&self.settings.get(), room, &self.credential)
     }
 }
@@ -311,7 +324,11 @@ mod tests {
                     );
                     // A stream that opened with it is judged the same way later.
                     let again = recheck(&c, t.room(1), &Credential::of(h, &c));
-                    assert_eq!(again.is_ok(), allowed, "recheck: {kind}, {keys:?}, {who}");
+                    assert_eq!(
+                        again == Standing::Reads,
+                        allowed,
+                        "recheck: {kind}, {keys:?}, {who}"
+                    );
                 }
             }
         }
@@ -332,11 +349,17 @@ mod tests {
         assert_ne!(check_with(&c, t.room(1), &anonymous), Access::Allow);
         let page = head("GET /x HTTP/1.1\r\nOrigin: http://wall.lan\r\n\r\n");
         let credential = Credential::of(&page, &c);
-        assert_eq!(recheck(&c, t.room(0), &credential), Ok(()));
+        assert_eq!(recheck(&c, t.room(0), &credential), Standing::Reads);
         let (narrower, _) = setup("cors_origins = http://other.lan");
-        assert!(recheck(&narrower, t.room(0), &credential).is_err());
+        assert!(matches!(
+            recheck(&narrower, t.room(0), &credential),
+            Standing::Refused(_)
+        ));
         let (open, _) = setup("");
-        assert_eq!(recheck(&open, t.room(0), &credential), Ok(()));
+        assert_eq!(recheck(&open, t.room(0), &credential), Standing::Reads);
+        // Flags being read again: held, neither reading nor refused.
+        t.room(0).info.borrow_mut().known = false;
+        assert_eq!(recheck(&open, t.room(0), &credential), Standing::Held);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
-use super::access::Guard;
+use super::access::{Guard, Standing};
 use super::routes::Start;
 use super::sse::Ended;
 use crate::rooms::frame::Json;
@@ -93,12 +93,15 @@ pub struct Follow<'t> {
     pub last_id: String,
     /// The room's access epoch when this stream last checked its access to it.
     pub checked: u64,
+    /// The room's flags were not known at that check: the stream sends nothing until they are.
+    pub held: bool,
 }
 
 impl<'t> Follow<'t> {
     pub fn new(sub: Subscription<'t>) -> Follow<'t> {
         Follow {
             checked: sub.room().access_epoch(),
+            held: false,
             sub,
             seq: 0,
             last_id: String::new(),
@@ -114,9 +117,11 @@ fn recheck(follows: &mut [Follow<'_>], guard: &Guard, all: bool) -> Option<(usiz
         let epoch = room.access_epoch();
         if all || epoch != follow.checked {
             follow.checked = epoch;
-            if let Err(why) = guard.recheck(room) {
-                return Some((i, why));
-            }
+            follow.held = match guard.recheck(room) {
+                Standing::Refused(why) => return Some((i, why)),
+                Standing::Held => true,
+                Standing::Reads => false,
+            };
         }
     }
     None
@@ -254,8 +259,15 @@ pub async fn stream(
             let node = follows[i].sub.room().node();
             return super::sse::forbid(socket, between, Some(&node), why, stats).await;
         }
+        // A room whose flags are being read again holds the whole stream (events go out in
+        // publication order across rooms), the buffer included.
+        let held = follows.iter().any(|f| f.held);
+        if held && follows.iter().any(|f| f.seq < f.sub.room().ring().oldest()) {
+            count(&stats.dropped_slow, 1);
+            return Ended::Lapped;
+        }
         let closing = follows[0].sub.closing();
-        if sent == buf.len() {
+        if !held && sent == buf.len() {
             buf.clear();
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
@@ -264,7 +276,7 @@ pub async fn stream(
             }
         }
         let mut want_write = false;
-        if sent < buf.len() {
+        if !held && sent < buf.len() {
             match socket.get_ref().write(&buf[sent..]) {
                 Ok(0) => return Ended::ClientGone,
                 Ok(n) => {
@@ -289,7 +301,7 @@ pub async fn stream(
         {
             return Ended::RoomGone;
         }
-        match wait(follows, socket, want_write, beats).await {
+        match wait(follows, socket, want_write, held, beats).await {
             Woke::Retry | Woke::Shutdown => {}
             Woke::Heartbeat => {
                 beats = follows[0].sub.heartbeat();
@@ -306,10 +318,13 @@ pub async fn stream(
     }
 }
 
+/// Sleeps until there is something to do; `held`: new events are no reason to wake (see
+/// [`Follow::held`]).
 async fn wait(
     follows: &[Follow<'_>],
     socket: &Async<TcpStream>,
     want_write: bool,
+    held: bool,
     beats: u64,
 ) -> Woke {
     std::future::poll_fn(|cx| {
@@ -322,7 +337,7 @@ async fn wait(
                 return Poll::Ready(Woke::Retry);
             }
             let ring = follow.sub.room().ring();
-            if follow.seq < ring.oldest() || (!want_write && ring.head() > follow.seq) {
+            if follow.seq < ring.oldest() || (!want_write && !held && ring.head() > follow.seq) {
                 return Poll::Ready(Woke::Retry);
             }
         }

@@ -18,7 +18,7 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
-use super::access::Guard;
+use super::access::{Guard, Standing};
 use super::routes::Start;
 use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
@@ -140,10 +140,12 @@ pub async fn stream(
     sub.attach(socket.clone(), mask, first);
     // Access may have changed while the request was being answered (archive fetch, waits).
     let mut checked = sub.room().access_epoch();
-    if let Err(why) = guard.recheck(sub.room()) {
+    let mut held = match guard.recheck(sub.room()) {
         // Nothing sent yet: closing makes an EventSource retry and be refused properly.
-        return Ended::Forbidden(why);
-    }
+        Standing::Refused(why) => return Ended::Forbidden(why),
+        Standing::Held => true,
+        Standing::Reads => false,
+    };
     let mut writer = &*socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -156,21 +158,35 @@ pub async fn stream(
         let epoch = sub.room().access_epoch();
         if epoch != checked {
             checked = epoch;
-            if let Err(why) = guard.recheck(sub.room()) {
-                let between = sub.cursor().offset == 0;
-                return forbid(&socket, between, None, why, sub.stats()).await;
-            }
+            held = match guard.recheck(sub.room()) {
+                Standing::Refused(why) => {
+                    let between = sub.cursor().offset == 0;
+                    return forbid(&socket, between, None, why, sub.stats()).await;
+                }
+                Standing::Held => true,
+                Standing::Reads => false,
+            };
         }
         let closing = sub.closing();
-        let mut cursor = sub.cursor();
-        let wrote = write_pending(
-            &sub.room().ring(),
-            &mut cursor,
-            mask,
-            socket.get_ref(),
-            Some(sub.stats()),
-        );
-        sub.set_cursor(cursor);
+        let wrote = if held {
+            // Nothing is written until the room's flags are known again.
+            if sub.cursor().seq < sub.room().ring().oldest() {
+                Ok(Wrote::Lapped)
+            } else {
+                Ok(Wrote::CaughtUp)
+            }
+        } else {
+            let mut cursor = sub.cursor();
+            let wrote = write_pending(
+                &sub.room().ring(),
+                &mut cursor,
+                mask,
+                socket.get_ref(),
+                Some(sub.stats()),
+            );
+            sub.set_cursor(cursor);
+            wrote
+        };
         if closing {
             // One last non-blocking write, so the shutdown status goes out if it can.
             return Ended::Shutdown;
@@ -192,8 +208,8 @@ pub async fn stream(
             Err(e) => return Ended::Error(e),
         };
         // While the task sleeps, the room table writes new events itself (parked) or only
-        // watches for the ring lapping us (blocked).
-        sub.set_mode(if want_write {
+        // watches for the ring lapping us (blocked, or held).
+        sub.set_mode(if want_write || held {
             Mode::Blocked
         } else {
             Mode::Parked
@@ -293,6 +309,116 @@ pub async fn heartbeat(table: &RoomTable, every: std::time::Duration) {
 mod tests {
     use super::*;
     use crate::rooms::fanout::tests::ring_with;
+    use crate::rooms::ring::{Entry, kind};
+    use crate::rooms::table::Origin;
+
+    /// Reads what the peer has sent within a short while.
+    fn received(client: &mut TcpStream) -> String {
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                out.extend_from_slice(b"<EOF>");
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The whole path of an access change for a parked subscriber, on a real socket: written
+    /// by the fan-out; held (nothing written) while the room's flags are being read again;
+    /// reading again once they allow it; ended with `status: forbidden` once they do not.
+    #[test]
+    fn a_parked_stream_is_held_then_refused_as_its_rooms_access_changes() {
+        let config = crate::config::parse(
+            "t",
+            "component = s.l\nsecret = x\nmuc = c.l\nrooms = lobby\n",
+        )
+        .unwrap();
+        let settings: &'static crate::settings::Settings =
+            Box::leak(Box::new(crate::settings::Settings::new("unused", config)));
+        let table = RoomTable::new(1, 8, 1 << 16, 2);
+        table.add("lobby", "c.l", Origin::Configured);
+        let flags = |known: bool, members_only: bool| {
+            let mut info = table.room(0).info.borrow_mut();
+            info.known = known;
+            info.public = true;
+            info.members_only = members_only;
+        };
+        flags(true, false);
+        let say = |text: &str| {
+            table.publish(0, |seq| {
+                Entry::new(
+                    format!("data: {text}\n\n").into_bytes().into(),
+                    table.mint_id(seq),
+                    kind::MESSAGE,
+                )
+            });
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let socket = Rc::new(Async::new(listener.accept().unwrap().0).unwrap());
+        let sub = table.subscribe(0).unwrap();
+        let guard = Guard {
+            settings,
+            credential: Default::default(),
+        };
+        let ex = async_executor::LocalExecutor::new();
+        let task = ex.spawn(stream(
+            &sub,
+            socket,
+            b"OPEN\n\n".to_vec(),
+            0,
+            kind::DEFAULT,
+            &guard,
+        ));
+        let settle = || while ex.try_tick() {};
+        settle();
+        assert_eq!(sub.mode(), Mode::Parked);
+        say("one");
+        assert_eq!(received(&mut client), "OPEN\n\ndata: one\n\n");
+
+        flags(false, false);
+        table.access_changed(Some(0));
+        settle();
+        say("two");
+        settle();
+        assert_eq!(
+            received(&mut client),
+            "",
+            "held while the flags are unknown"
+        );
+        assert_eq!(sub.mode(), Mode::Blocked);
+
+        flags(true, false);
+        table.access_changed(Some(0));
+        settle();
+        assert_eq!(received(&mut client), "data: two\n\n");
+        assert_eq!(sub.mode(), Mode::Parked);
+
+        flags(true, true);
+        table.access_changed(Some(0));
+        say("three");
+        settle();
+        assert!(task.is_finished());
+        assert_eq!(
+            received(&mut client),
+            format!(
+                "event: status\ndata: {{\"status\":\"forbidden\",\"reason\":\"{}\"}}\n\n",
+                crate::http::access::PRIVATE
+            )
+        );
+        let ended = futures_lite::future::block_on(task);
+        assert!(matches!(ended, Ended::Forbidden(_)), "{ended:?}");
+        // The slot held the last reference to the socket (as the server's stream task does).
+        drop(ex);
+        drop(sub);
+        assert_eq!(received(&mut client), "<EOF>", "nothing after it");
+    }
 
     #[test]
     fn opening_bytes_and_first_event() {
