@@ -127,5 +127,19 @@ fn a_resume_brings_a_left_on_demand_room_back() {
         &[("Last-Event-ID", &last_id)],
     );
     assert_eq!(back.status(), 200);
-    assert_eq!(body_of(&mut back), "missed", "{}", daemon.log_tail_block());
+    // What the room's history gives back on the re-join decides whether "seen" comes again
+    // first (a gap) or not; "missed" must come either way.
+    let mut got = Vec::new();
+    while let Some(body) = back.next_message_body(T) {
+        got.push(body);
+        if got.last().is_some_and(|b| b == "missed") {
+            break;
+        }
+    }
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("missed"),
+        "{got:?}\n{}",
+        daemon.log_tail_block()
+    );
 }

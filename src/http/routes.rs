@@ -6,7 +6,7 @@ use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
 use crate::rooms::frame::Json;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, Room, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 
 /// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
 /// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
@@ -224,23 +224,26 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         return reply(not_served());
     };
     let room = table.room(index);
-    if room.state() == JoinState::Failed(ROOM_MISSING) || retired_on_demand(room) {
-        // The MUC service says so (disco#info); the room is never created by us.
-        return reply(missing());
-    }
     if room.origin() == Origin::OnDemand {
-        // Asked for on demand: the daemon has not acted for anyone yet. Whoever may not read
-        // the room learns nothing: the answer is exactly that for a room that does not exist.
+        // Asked for on demand: the daemon has not acted for anyone yet. A room this request
+        // may not read (hidden, members-only, password, missing, or refused by the global
+        // token) answers exactly as a name the table does not hold, so none can be told apart.
         let credential = access::Credential::of(head, config);
-        if !access::passes_global(config, &credential) {
+        if !access::passes_global(config, &credential)
+            || room.state() == JoinState::Failed(ROOM_MISSING)
+        {
             return reply(not_served());
         }
         if !room.info.borrow().known {
             return Route::NotReady(try_later(head, &cors, "the room is being looked up", 5));
         }
         if access::check_with(config, room, &credential) != Access::Allow {
-            return reply(missing());
+            return reply(not_served());
         }
+    }
+    if room.state() == JoinState::Failed(ROOM_MISSING) {
+        // The MUC service says so (disco#info); the room is never created by us.
+        return reply(Reply::text(404, "no such room on the MUC service\n"));
     }
     match access::check(config, room, head) {
         Access::Allow => {}
@@ -278,10 +281,7 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
         let room = table.room(index);
         // On-demand rooms are added by single-room requests only; one this request may not
         // read (or not yet known) answers as a name never asked for.
-        if retired_on_demand(room)
-            || (room.origin() == Origin::OnDemand
-                && access::check(config, room, head) != Access::Allow)
-        {
+        if room.origin() == Origin::OnDemand && access::check(config, room, head) != Access::Allow {
             return Err(not_served());
         }
         if !rooms.contains(&index) {
@@ -328,24 +328,13 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     })
 }
 
-/// The answer for a room name nobody has asked for on demand, or not served at all.
+/// The answer for a room name the table does not hold, and for an on-demand room this request
+/// may not read (see [`route`]).
 fn not_served() -> Reply {
     Reply::text(404, "no such room is served here\n")
 }
 
-/// The answer for a room the MUC service does not have, and for an on-demand room this request
-/// may not read: the same bytes, so that hidden rooms cannot be told from missing ones.
-fn missing() -> Reply {
-    Reply::text(404, "no such room on the MUC service\n")
-}
-
-/// An on-demand entry retired because a request for it answered [`missing`] (see
-/// [`ON_DEMAND_RETIRED`]): the same answer until the entry is asked for again.
-fn retired_on_demand(room: &Room) -> bool {
-    room.is_free() && room.state() == JoinState::Gone(ON_DEMAND_RETIRED)
-}
-
-/// The reason an on-demand entry nobody may read is retired with.
+/// The reason an on-demand entry nobody may read is retired with (its name is then forgotten).
 pub const ON_DEMAND_RETIRED: &str = "nobody reads this on-demand room";
 
 /// The event kinds a stream gets: `base` plus those named in `?events=join,leave`.
@@ -551,6 +540,7 @@ mod tests {
             multi("/eventsource?room=nosuch")
         );
         t.retire(hidden, ON_DEMAND_RETIRED);
+        t.forget(hidden);
         let Route::Reply(retired) = ask("/eventsource/hidden") else {
             panic!("a reply")
         };

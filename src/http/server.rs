@@ -407,6 +407,7 @@ fn retire_unread(table: &RoomTable, index: usize, route: &Route) {
     };
     if refused && room.origin() == Origin::OnDemand && room.subscribers() == 0 {
         table.retire(index, routes::ON_DEMAND_RETIRED);
+        table.forget(index);
     }
 }
 

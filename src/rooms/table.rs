@@ -411,6 +411,16 @@ impl RoomTable {
         self.wake_room(index);
     }
 
+    /// A retired entry also forgets its name: a room dropped on demand (missing, refused,
+    /// unread) answers like any room the table does not hold, not `204`.
+    pub fn forget(&self, index: usize) {
+        let room = &self.rooms()[index];
+        if room.is_free() {
+            *room.node.borrow_mut() = Rc::from("");
+            *room.jid.borrow_mut() = Rc::from("");
+        }
+    }
+
     /// Entries in use or used before (free ones included: check [`Room::is_free`]), by index.
     pub fn rooms(&self) -> &[Room] {
         &self.rooms[..self.used.get()]
