@@ -103,16 +103,23 @@ pub struct Config {
     pub private_rooms: bool,
     /// Origins allowed to read streams from a page (CORS); `None` = any (`*`).
     pub cors_origins: Option<Vec<String>>,
+    /// The operator's token: `/`, `/metrics` and `/healthz` show every room to it (without it
+    /// they show only the rooms an anonymous reader may stream). Opens no stream.
+    pub status_token: Option<String>,
 }
 
 impl Config {
     /// The read token a room needs, if any: its own, else the global one.
     pub fn token_for(&self, room: &str) -> Option<&str> {
+        self.room_token(room).or(self.token.as_deref())
+    }
+
+    /// The room's own read token (`token.<room>`), if it has one.
+    pub fn room_token(&self, room: &str) -> Option<&str> {
         self.room_tokens
             .iter()
             .find(|(r, _)| r == room)
             .map(|(_, t)| t.as_str())
-            .or(self.token.as_deref())
     }
 
     /// The password to join a room with, if configured.
@@ -266,6 +273,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "cors_origins",
         Some("*"),
         "origins allowed to read streams: * or a comma-separated list",
+    ),
+    (
+        "status_token",
+        Some(""),
+        "operator token: /, /metrics and /healthz then show every room",
     ),
     (
         "ping_timeout_secs",
@@ -691,6 +703,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
         events,
         token: Some(get("token")?.0).filter(|t| !t.is_empty()),
+        status_token: Some(get("status_token")?.0).filter(|t| !t.is_empty()),
         room_tokens: Vec::new(),
         room_passwords: Vec::new(),
         private_rooms: match get("private_rooms")? {
@@ -1060,6 +1073,14 @@ impl Config {
         line(
             "token",
             if self.token.is_some() {
+                "<set, hidden>".into()
+            } else {
+                String::new()
+            },
+        );
+        line(
+            "status_token",
+            if self.status_token.is_some() {
                 "<set, hidden>".into()
             } else {
                 String::new()

@@ -16,6 +16,7 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::access::{Guard, Standing};
 use super::routes::Start;
 use super::sse::Ended;
 use crate::rooms::archive::Resumed;
@@ -106,6 +107,40 @@ pub struct Follow<'t> {
     pub seq: u64,
     /// Id of the last event sent (or the one before the start), for the composite id.
     pub last_id: String,
+    /// The room's access epoch when this stream last checked its access to it.
+    pub checked: u64,
+    /// The room's flags were not known at that check: the stream sends nothing until they are.
+    pub held: bool,
+}
+
+impl<'t> Follow<'t> {
+    pub fn new(sub: Subscription<'t>) -> Follow<'t> {
+        Follow {
+            checked: sub.room().access_epoch(),
+            held: false,
+            sub,
+            seq: 0,
+            last_id: String::new(),
+        }
+    }
+}
+
+/// Checks access again to every room whose access epoch moved (every room: `all`); the first
+/// room refused and why.
+fn recheck(follows: &mut [Follow<'_>], guard: &Guard, all: bool) -> Option<(usize, &'static str)> {
+    for (i, follow) in follows.iter_mut().enumerate() {
+        let room = follow.sub.room();
+        let epoch = room.access_epoch();
+        if all || epoch != follow.checked {
+            follow.checked = epoch;
+            follow.held = match guard.recheck(room) {
+                Standing::Refused(why) => return Some((i, why)),
+                Standing::Held => true,
+                Standing::Reads => false,
+            };
+        }
+    }
+    None
 }
 
 /// The response head, `retry:`, a `gap` event for each room whose resume id is no longer
@@ -241,17 +276,22 @@ enum Woke {
     Shutdown,
 }
 
-/// Streams the merged rooms until the client leaves, falls behind, every room is gone, or
+/// Streams the merged rooms until the client leaves, falls behind, every room is gone, access
+/// to one of them is withdrawn (the whole stream ends: `status: forbidden` naming the room), or
 /// shutdown.
 pub async fn stream(
     follows: &mut [Follow<'_>],
     socket: &Async<TcpStream>,
     opening: Vec<u8>,
     mask: u8,
+    guard: &Guard,
 ) -> Ended {
     let Some(stats) = follows.first().map(|f| f.sub.stats()) else {
         return Ended::Shutdown;
     };
+    if let Some((_, why)) = recheck(follows, guard, true) {
+        return Ended::Forbidden(why);
+    }
     let mut writer = socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -262,8 +302,21 @@ pub async fn stream(
     let mut sent = 0;
     let mut beats = follows[0].sub.heartbeat();
     loop {
+        if let Some((i, why)) = recheck(follows, guard, false) {
+            // What the buffer holds was read before the change: it is dropped, not sent.
+            let between = sent == 0 || sent == buf.len();
+            let node = follows[i].sub.room().node();
+            return super::sse::forbid(socket, between, Some(&node), why, stats).await;
+        }
+        // A room whose flags are being read again holds the whole stream (events go out in
+        // publication order across rooms), the buffer included.
+        let held = follows.iter().any(|f| f.held);
+        if held && follows.iter().any(|f| f.seq < f.sub.room().ring().oldest()) {
+            count(&stats.dropped_slow, 1);
+            return Ended::Lapped;
+        }
         let closing = follows[0].sub.closing();
-        if sent == buf.len() {
+        if !held && sent == buf.len() {
             buf.clear();
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
@@ -272,7 +325,7 @@ pub async fn stream(
             }
         }
         let mut want_write = false;
-        if sent < buf.len() {
+        if !held && sent < buf.len() {
             match socket.get_ref().write(&buf[sent..]) {
                 Ok(0) => return Ended::ClientGone,
                 Ok(n) => {
@@ -297,7 +350,7 @@ pub async fn stream(
         {
             return Ended::RoomGone;
         }
-        match wait(follows, socket, want_write, beats).await {
+        match wait(follows, socket, want_write, held, beats).await {
             Woke::Retry | Woke::Shutdown => {}
             Woke::Heartbeat => {
                 beats = follows[0].sub.heartbeat();
@@ -314,10 +367,13 @@ pub async fn stream(
     }
 }
 
+/// Sleeps until there is something to do; `held`: new events are no reason to wake (see
+/// [`Follow::held`]).
 async fn wait(
     follows: &[Follow<'_>],
     socket: &Async<TcpStream>,
     want_write: bool,
+    held: bool,
     beats: u64,
 ) -> Woke {
     std::future::poll_fn(|cx| {
@@ -326,8 +382,11 @@ async fn wait(
         }
         for follow in follows {
             follow.sub.register(cx.waker());
+            if follow.sub.room().access_epoch() != follow.checked {
+                return Poll::Ready(Woke::Retry);
+            }
             let ring = follow.sub.room().ring();
-            if follow.seq < ring.oldest() || (!want_write && ring.head() > follow.seq) {
+            if follow.seq < ring.oldest() || (!want_write && !held && ring.head() > follow.seq) {
                 return Poll::Ready(Woke::Retry);
             }
         }

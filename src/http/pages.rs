@@ -7,9 +7,10 @@
 //! and a `Content-Security-Policy` allowing only this origin's own script and style backs that
 //! up. Every page and asset has an `ETag` and answers `If-None-Match` with `304`.
 //!
-//! The pages obey the streams' access rules ([`super::access`]): a room this request may not
-//! read shows on the index without its subject, occupants or last message, and its live view
-//! is `403`. The pages pass their own `?token=` on (to the links, and from the live view to its
+//! The pages obey the streams' access rules ([`super::access`]): the index, `/metrics` and
+//! `/healthz` name only the rooms this request may read (the operator's `status_token` shows
+//! every room, those it may not read without their subject, occupants or last message), and a
+//! live view the request may not read is `403` (`404` for an on-demand room). The pages pass their own `?token=` on (to the links, and from the live view to its
 //! `EventSource`), so one URL with a token opens everything that token opens.
 //! Pure, like [`super::routes`]: no I/O.
 
@@ -58,9 +59,9 @@ pub fn route_extra(head: &Head, table: &RoomTable, config: &Config) -> Option<Re
     } else if let Some(name) = path.strip_prefix("/assets/") {
         asset(head, name)
     } else if path == "/healthz" {
-        health::reply(table)
+        health::reply(table, &|room| listed(head, config, room))
     } else if path == "/metrics" {
-        metrics::reply(table)
+        metrics::reply(table, &|room| listed(head, config, room))
     } else {
         return None;
     };
@@ -98,12 +99,22 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
         subs = table.subscriber_count(),
         s2 = plural(table.subscriber_count() as u64),
     ));
+    let operator = access::operator(config, head);
+    let mut shown = 0;
     for (_, room) in table.active() {
         let open = access::check(config, room, head) == Access::Allow;
-        index_row(&mut html, room, open, &token, now);
+        if open || operator {
+            index_row(&mut html, room, open, &token, now);
+            shown += 1;
+        }
     }
     if table.active().next().is_none() {
         html.push_str("<tr><td colspan=\"6\" class=\"dim\">No rooms are configured.</td></tr>\n");
+    } else if shown == 0 {
+        html.push_str(
+            "<tr><td colspan=\"6\" class=\"dim\">No room is open without a read token \
+             (add ?token=…).</td></tr>\n",
+        );
     }
     html.push_str(&format!(
         "</tbody></table>\n<footer class=\"dim\">muc-eventsource {} · \
@@ -112,6 +123,13 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
         env!("CARGO_PKG_VERSION")
     ));
     page(head, HTML, html.into_bytes())
+}
+
+/// Does this request see `room` on the pages (`/`, `/metrics`, `/healthz`)? The operator
+/// (`status_token`) sees every room; anyone else the rooms they may stream, so a page never
+/// names a room its reader could not open (a hidden room's name is often its secret).
+pub fn listed(head: &Head, config: &Config, room: &Room) -> bool {
+    access::operator(config, head) || access::check(config, room, head) == Access::Allow
 }
 
 /// One room's row; `open`: this request may read the room, so its subject, occupants and last
@@ -178,10 +196,18 @@ fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: Syste
 /// The live view of one room; `404` for a room not served, `403` for one this request may not
 /// read.
 pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> Reply {
+    let not_served = || Reply::text(404, "no such room is served here\n");
     let Some(index) = percent_decode(encoded).and_then(|node| table.find_node(&node)) else {
-        return Reply::text(404, "no such room is served here\n");
+        return not_served();
     };
     let room = table.room(index);
+    // An on-demand room (or one retired) is named to no one who may not read it.
+    if room.is_free()
+        || (room.origin() == crate::rooms::table::Origin::OnDemand
+            && access::check(config, room, head) != Access::Allow)
+    {
+        return not_served();
+    }
     let open = match access::check(config, room, head) {
         Access::Allow => true,
         // Not known yet whether the room is public: the page, without what it would reveal.
@@ -603,13 +629,44 @@ mod tests {
     fn pages_obey_the_access_rules() {
         let t = table();
         t.room(0).info.borrow_mut().subject = "secret plans".into();
-        let c = config("token.lobby = s3cret\n");
+        let c = config("token.lobby = s3cret\nstatus_token = op-t0k\n");
         let html = body(&get_with("GET / HTTP/1.1\r\n\r\n", &t, &c).unwrap());
         assert!(!html.contains("secret plans"), "{html}");
-        assert!(html.contains("needs a read token"));
+        assert!(
+            !html.contains("lobby"),
+            "a room anonymous readers cannot open is not named"
+        );
         assert!(
             html.contains("href=\"view/caf%C3%A9\""),
             "the public room is listed"
+        );
+        // The operator sees every room, without what it may not read.
+        let html = body(&get_with("GET /?token=op-t0k HTTP/1.1\r\n\r\n", &t, &c).unwrap());
+        assert!(
+            html.contains("lobby") && html.contains("needs a read token"),
+            "{html}"
+        );
+        assert!(!html.contains("secret plans"), "{html}");
+        let metrics = |req: &str| body(&get_with(req, &t, &c).unwrap());
+        let anonymous = metrics("GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(!anonymous.contains("lobby"), "{anonymous}");
+        assert!(
+            anonymous.contains("muc_eventsource_private_rooms 1"),
+            "{anonymous}"
+        );
+        let operator = metrics("GET /metrics HTTP/1.1\r\nAuthorization: Bearer op-t0k\r\n\r\n");
+        assert!(
+            operator.contains("room_joined{room=\"lobby\"}"),
+            "{operator}"
+        );
+        assert!(
+            operator.contains("muc_eventsource_private_rooms 0"),
+            "{operator}"
+        );
+        let health = metrics("GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(
+            health.contains("1 unlisted room not joined") && !health.contains("lobby"),
+            "{health}"
         );
         let r = get_with("GET /view/lobby HTTP/1.1\r\n\r\n", &t, &c).unwrap();
         assert_eq!(r.status, 403);

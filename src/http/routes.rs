@@ -4,11 +4,10 @@ use super::access::{self, Access};
 use super::multi;
 use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
-use crate::logger::Shown;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, ROOM_MISSING, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 
 /// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
 /// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
@@ -227,9 +226,26 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         ));
     };
     let Some(index) = table.find_node(&node) else {
-        return reply(Reply::text(404, "no such room is served here\n"));
+        return reply(not_served());
     };
     let room = table.room(index);
+    if room.origin() == Origin::OnDemand {
+        // Asked for on demand: the daemon has not acted for anyone yet. A room this request
+        // may not read (hidden, members-only, password, missing, or refused by the global
+        // token) answers exactly as a name the table does not hold, so none can be told apart.
+        let credential = access::Credential::of(head, config);
+        if !access::passes_global(config, &credential)
+            || room.state() == JoinState::Failed(ROOM_MISSING)
+        {
+            return reply(not_served());
+        }
+        if !room.info.borrow().known {
+            return Route::NotReady(try_later(head, &cors, "the room is being looked up", 5));
+        }
+        if access::check_with(config, room, &credential) != Access::Allow {
+            return reply(not_served());
+        }
+    }
     if room.state() == JoinState::Failed(ROOM_MISSING) {
         // The MUC service says so (disco#info); the room is never created by us.
         return reply(Reply::text(404, "no such room on the MUC service\n"));
@@ -264,12 +280,14 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
-            // The name as the client sent it, shown safely (no CR/LF or controls).
-            return Err(Reply::text(
-                404,
-                format!("no room `{}` is served here\n", Shown(&node)),
-            ));
+            return Err(not_served());
         };
+        let room = table.room(index);
+        // On-demand rooms are added by single-room requests only; one this request may not
+        // read (or not yet known) answers as a name never asked for.
+        if room.origin() == Origin::OnDemand && access::check(config, room, head) != Access::Allow {
+            return Err(not_served());
+        }
         if !rooms.contains(&index) {
             rooms.push(index);
         }
@@ -313,6 +331,15 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
         head: stream_head(cors),
     })
 }
+
+/// The answer for a room name the table does not hold, and for an on-demand room this request
+/// may not read (see [`route`]).
+fn not_served() -> Reply {
+    Reply::text(404, "no such room is served here\n")
+}
+
+/// The reason an on-demand entry nobody may read is retired with (its name is then forgotten).
+pub const ON_DEMAND_RETIRED: &str = "nobody reads this on-demand room";
 
 /// The event kinds a stream gets: `base` plus those named in `?events=join,leave`.
 fn mask(head: &Head, base: u8) -> u8 {
@@ -525,6 +552,67 @@ mod tests {
     }
 
     #[test]
+    fn on_demand_rooms_nobody_may_read_answer_as_missing_ones() {
+        let t = RoomTable::new(4, 4, 4096, 4);
+        let c = crate::config::parse(
+            "t",
+            "component = s.l\nsecret = x\nmuc = c.l\nrooms = lobby\non_demand = yes\n",
+        )
+        .unwrap();
+        let hidden = t.add("hidden", "c.l", Origin::OnDemand).unwrap();
+        let missing = t.add("missing", "c.l", Origin::OnDemand).unwrap();
+        let ask = |path: &str| {
+            let req = format!("GET {path} HTTP/1.1\r\n\r\n");
+            route(&parse(req.as_bytes()).unwrap().unwrap(), &t, &c)
+        };
+        assert!(
+            matches!(ask("/eventsource/hidden"), Route::NotReady(_)),
+            "disco#info first"
+        );
+        t.room(hidden).info.borrow_mut().known = true;
+        t.set_state(missing, JoinState::Failed(ROOM_MISSING));
+        let (Route::Reply(a), Route::Reply(b)) =
+            (ask("/eventsource/hidden"), ask("/eventsource/missing"))
+        else {
+            panic!("replies expected")
+        };
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert_eq!(a.status, 404);
+        assert_eq!(
+            t.stats().rejected_forbidden.get(),
+            0,
+            "not counted: /metrics would tell"
+        );
+        let multi = |path: &str| match ask(path) {
+            Route::Reply(r) => (
+                r.status,
+                String::from_utf8(r.body)
+                    .unwrap()
+                    .replace(path.rsplit('=').next().unwrap(), "X"),
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            multi("/eventsource?room=hidden"),
+            multi("/eventsource?room=nosuch")
+        );
+        t.retire(hidden, ON_DEMAND_RETIRED);
+        t.forget(hidden);
+        let Route::Reply(retired) = ask("/eventsource/hidden") else {
+            panic!("a reply")
+        };
+        assert_eq!(retired.to_bytes(), b.to_bytes());
+        // Public and known: streamed.
+        let public = t.add("open", "c.l", Origin::OnDemand).unwrap();
+        {
+            let mut info = t.room(public).info.borrow_mut();
+            info.known = true;
+            info.public = true;
+        }
+        assert!(matches!(ask("/eventsource/open"), Route::Stream { .. }));
+    }
+
+    #[test]
     fn several_rooms_on_one_stream() {
         match answer("GET /eventsource?room=caf%C3%A9&room=lobby&room=lobby HTTP/1.1\r\n\r\n") {
             Route::Multi { rooms, start, .. } => {
@@ -538,10 +626,8 @@ mod tests {
             Route::Reply(r) => {
                 assert_eq!(r.status, 404);
                 let body = String::from_utf8(r.body).unwrap();
-                assert_eq!(
-                    body,
-                    "no room `x\\u{d}\\u{a}Set-Cookie: a=b` is served here\n"
-                );
+                // Never echoed: the same answer as for any room not served.
+                assert_eq!(body, "no such room is served here\n");
             }
             other => panic!("{other:?}"),
         }

@@ -15,6 +15,7 @@ use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 
+use super::access::{self, Guard};
 use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
@@ -246,25 +247,32 @@ async fn connection(
         Err(Some(Err(_))) => return,
     };
     // With `on_demand`, a stream of a room the table does not hold yet gives it an entry; the
-    // XMPP side checks it exists (never creating it) and joins it.
-    if config.on_demand
+    // XMPP side asks its disco#info (never creating it), and the route waits for that to
+    // decide. Not for a request the global token refuses anyway.
+    let on_demand = if config.on_demand
         && let Some(node) = head
             .path
             .strip_prefix("/eventsource/")
             .and_then(super::request::percent_decode)
-        && server.table.find_node(&node).is_none()
-        && crate::config::check_room_node(&node).is_ok()
         && server
             .table
-            .add(&node, &config.muc, Origin::OnDemand)
-            .is_none()
+            .find_node(&node)
+            .is_none_or(|i| server.table.room(i).is_free())
+        && crate::config::check_room_node(&node).is_ok()
+        && access::passes_global(config, &access::Credential::of(&head, config))
     {
-        server.warn_limited(&format!(
-            "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
-            config.max_rooms,
-            Shown(&node)
-        ));
-    }
+        let added = server.table.add(&node, &config.muc, Origin::OnDemand);
+        if added.is_none() {
+            server.warn_limited(&format!(
+                "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
+                config.max_rooms,
+                Shown(&node)
+            ));
+        }
+        added
+    } else {
+        None
+    };
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
     // than turn the client away at once.
     let deadline = Instant::now() + SYNC_WAIT;
@@ -275,6 +283,9 @@ async fn connection(
     {
         Timer::after(Duration::from_millis(50)).await;
         route = routes::route(&head, server.table, config);
+    }
+    if let Some(index) = on_demand {
+        retire_unread(server.table, index, &route);
     }
     match route {
         Route::Reply(reply) | Route::NotReady(reply) => {
@@ -293,13 +304,15 @@ async fn connection(
             head: stream_head,
         } => {
             let room_index = room;
-            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
-                return;
-            }
+            // Subscribed before waiting for the room to be joined: an on-demand room is joined
+            // only while it has a subscriber.
             let Some(sub) = server.table.subscribe(room) else {
                 Box::pin(table_full(server, &socket, &head, peer)).await;
                 return;
             };
+            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
+                return;
+            }
             let room = sub.room();
             log::debug!(
                 "{peer}: subscribed to {} ({} subscribers)",
@@ -316,6 +329,10 @@ async fn connection(
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
             stream_socket(&socket, config);
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
             // The stream runs as a task of its own holding only what it needs, so nothing of
             // this (much larger) request-handling future stays allocated per subscriber.
             let room = room.jid();
@@ -323,7 +340,7 @@ async fn connection(
             executor
                 .spawn(async move {
                     let _per_ip = per_ip;
-                    let ended = sse::stream(&sub, socket, opening, first, mask).await;
+                    let ended = sse::stream(&sub, socket, opening, first, mask, &guard).await;
                     match ended {
                         sse::Ended::Lapped => log::debug!(
                             "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",
@@ -351,9 +368,6 @@ async fn connection(
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
-            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
-                return;
-            }
             let _multi = Pending::new(&server.multi_streams);
             let mut follows = Vec::with_capacity(rooms.len());
             for &room in &rooms {
@@ -362,11 +376,10 @@ async fn connection(
                     Box::pin(table_full(server, &socket, &head, peer)).await;
                     return;
                 };
-                follows.push(multi::Follow {
-                    sub,
-                    seq: 0,
-                    last_id: String::new(),
-                });
+                follows.push(multi::Follow::new(sub));
+            }
+            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
+                return;
             }
             let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
@@ -393,9 +406,30 @@ async fn connection(
             );
             // Boxed, like the other rare paths: a connection's future is as large as its largest
             // state, and it lives as long as the stream.
-            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask)).await;
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
+            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask, &guard)).await;
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
+    }
+}
+
+/// An on-demand entry this request added whose answer is "no such room" (the room is missing,
+/// or this request may not read it) or "try later" is retired unless someone reads it: the
+/// daemon does not stay in a room for a refused request, and `/` never lists it.
+fn retire_unread(table: &RoomTable, index: usize, route: &Route) {
+    let room = table.room(index);
+    let refused = match route {
+        Route::Reply(reply) => reply.status == 404,
+        // Not looked up in time (the upstream may be down): asked again, it is added again.
+        Route::NotReady(_) => true,
+        _ => false,
+    };
+    if refused && room.origin() == Origin::OnDemand && room.subscribers() == 0 {
+        table.retire(index, routes::ON_DEMAND_RETIRED);
+        table.forget(index);
     }
 }
 

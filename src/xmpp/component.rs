@@ -346,13 +346,20 @@ impl Session<'_> {
     async fn overdue(&mut self, index: usize, now: Instant) -> Result<(), End> {
         let timeout = self.config.ping_timeout;
         let link = &mut self.links[index];
-        if link.phase == Phase::Checking
-            && link
-                .disco_sent
-                .is_some_and(|t| now.duration_since(t) >= timeout)
+        if link
+            .disco_sent
+            .is_some_and(|t| now.duration_since(t) >= timeout)
         {
             link.disco_sent = None;
-            self.refused(index, "the room did not answer disco#info", None);
+            if link.phase == Phase::Checking {
+                self.refused(index, "the room did not answer disco#info", None);
+            } else {
+                log::warn!(
+                    "room {}: no answer to disco#info after a configuration change; its streams stay held, asking again",
+                    self.table.room(index).jid()
+                );
+                link.retry_at = Some(now + timeout);
+            }
         }
         if let Some(Query::Fill { sent, .. }) = self.fills.get(&index)
             && now.duration_since(*sent) >= timeout
@@ -364,8 +371,12 @@ impl Session<'_> {
             );
         }
         let link = &self.links[index];
-        if link.phase == Phase::Waiting && link.retry_at.is_some_and(|t| t <= now) {
-            self.check_room(index).await?;
+        if link.retry_at.is_some_and(|t| t <= now) {
+            match link.phase {
+                Phase::Waiting => self.check_room(index).await?,
+                Phase::Joined => self.reconsider(index).await?,
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -185,7 +185,7 @@ impl Session<'_> {
             MucEvent::ConfigChanged { room } => {
                 if self.links[index].phase == Phase::Joined {
                     log::info!("room {room}: configuration changed; reading its disco#info again");
-                    self.check_room(index).await?;
+                    self.reconsider(index).await?;
                 }
             }
             MucEvent::Joined { room, nick } => {
@@ -306,6 +306,15 @@ impl Session<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A joined room's configuration changed: until its disco#info says what it is now, nobody
+    /// may be sent its events (its streams are held: the flags are unknown), then every stream
+    /// is checked again. Fails closed: an unanswered query keeps them held and is asked again.
+    pub(super) async fn reconsider(&mut self, index: usize) -> io::Result<()> {
+        self.table.room(index).info.borrow_mut().known = false;
+        self.table.access_changed(Some(index));
+        self.check_room(index).await
     }
 
     /// A room whose JID cannot be put into a stanza (only possible for names that came from
@@ -542,11 +551,12 @@ impl Session<'_> {
         if !ok {
             let error = iq::stanza_error(stanza);
             if !checking {
-                log::debug!(
-                    "room {}: disco#info after a configuration change failed: {}",
+                log::warn!(
+                    "room {}: disco#info after a configuration change failed ({}); its streams stay held, asking again in {ROOM_RECHECK:?}",
                     room.jid(),
                     error.condition
                 );
+                link.retry_at = Some(Instant::now() + ROOM_RECHECK);
                 return Ok(());
             }
             if error.condition == "item-not-found" {
@@ -568,7 +578,8 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if read_features(stanza, &mut link.feed, room) {
+        if read_features(stanza, &mut link.feed, room) || !checking {
+            // Flags changed, or streams held since a configuration change: check them now.
             table.access_changed(Some(index));
         }
         if !checking {
