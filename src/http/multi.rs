@@ -29,16 +29,6 @@ pub const MAX_ROOMS: usize = 8;
 /// Bytes gathered for one write (one event may exceed it).
 pub const BUFFER: usize = 16 * 1024;
 
-fn encode(part: &str, out: &mut String) {
-    for b in part.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~:@+/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
 /// `node=id&node=id…` for the given (node, last id) pairs.
 pub fn composite<'a>(parts: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::new();
@@ -46,9 +36,9 @@ pub fn composite<'a>(parts: impl Iterator<Item = (&'a str, &'a str)>) -> String 
         if !out.is_empty() {
             out.push('&');
         }
-        encode(node, &mut out);
+        out.push_str(&super::request::percent_encode(node));
         out.push('=');
-        encode(id, &mut out);
+        out.push_str(&super::request::percent_encode(id));
     }
     out
 }

@@ -14,10 +14,10 @@
 //! `EventSource`), so one URL with a token opens everything that token opens.
 //! Pure, like [`super::routes`]: no I/O.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::access::{self, Access};
-use super::request::{Head, Method, percent_decode, query_values};
+use super::request::{Head, Method, percent_decode, percent_encode, query_values};
 use super::routes::Reply;
 use super::{health, metrics};
 use crate::config::Config;
@@ -136,7 +136,7 @@ pub fn listed(head: &Head, config: &Config, room: &Room) -> bool {
 /// message are shown.
 fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: SystemTime) {
     let info = room.info.borrow();
-    let node = encode_component(&room.node());
+    let node = percent_encode(&room.node());
     let (class, state) = state_text(room.state());
     let mut flags = Vec::new();
     if info.known {
@@ -255,7 +255,7 @@ pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> R
         js = version(VIEW_JS),
         kiosk = if kiosk { " kiosk" } else { "" },
         node = escape(&room.node()),
-        encoded = encode_component(&room.node()),
+        encoded = percent_encode(&room.node()),
         jid = escape(&room.jid()),
         subject = escape(&subject),
         reason = escape(reason),
@@ -333,7 +333,7 @@ pub fn etag_matches(if_none_match: &str, tag: &str) -> bool {
 /// `?token=…` to append to the index's links when the index itself was opened with one.
 fn token_suffix(head: &Head) -> String {
     match query_values(&head.query, "token").next() {
-        Some(t) if !t.is_empty() => format!("?token={}", encode_component(&t)),
+        Some(t) if !t.is_empty() => format!("?token={}", percent_encode(&t)),
         _ => String::new(),
     }
 }
@@ -367,20 +367,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (a path segment or a query
-/// value).
-pub fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `text` cut to at most `max` characters, with `…` when cut.
 fn cut(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
@@ -391,28 +377,7 @@ fn cut(text: &str, max: usize) -> String {
 
 /// `2026-11-27T03:10:48Z`.
 pub fn utc_iso(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    format!("{}Z", crate::rooms::feed::utc_stamp(at))
 }
 
 /// `just now`, `5 min ago`, `3 h ago`, `2 days ago`.
@@ -700,11 +665,11 @@ mod tests {
 
     #[test]
     fn dates_and_durations() {
-        let at = UNIX_EPOCH + Duration::from_secs(1_795_749_048);
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_749_048);
         assert_eq!(utc_iso(at), "2026-11-27T03:10:48Z");
-        assert_eq!(utc_iso(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(
-            utc_iso(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            utc_iso(std::time::UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
         assert_eq!(ago(Duration::from_secs(5)), "just now");
@@ -712,6 +677,6 @@ mod tests {
         assert_eq!(ago(Duration::from_secs(86_400)), "1 day ago");
         assert_eq!(cut("héllo", 2), "hé…");
         assert_eq!(cut("hé", 2), "hé");
-        assert_eq!(encode_component("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
     }
 }

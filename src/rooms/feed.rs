@@ -430,10 +430,6 @@ impl Feed {
             self.publish_typed(table, room, kind::LEAVE, "leave", &json)
         }
     }
-
-    pub fn last_status(&self) -> Option<&'static str> {
-        self.last_status
-    }
 }
 
 impl Feed {
