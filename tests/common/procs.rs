@@ -195,3 +195,36 @@ pub fn stop_process_group(child: &mut Child, graceful: i32) -> Option<ExitStatus
     }
     status
 }
+
+static TIE_TO_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, [`tie_to_parent`] puts each Prosody and daemon the harness starts in its own
+/// process group (a terminal's Ctrl-C reaches only us, and we stop them in order) and has the
+/// kernel send it `SIGTERM` when we die (`PR_SET_PDEATHSIG`), even by `SIGKILL`. For the
+/// demo, which spawns from its main thread only: the kernel ties the signal to the spawning
+/// thread, so tests (which spawn from short-lived test threads) leave this off.
+pub fn tie_children_to_this_process() {
+    TIE_TO_PARENT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Applies [`tie_children_to_this_process`] to `command` when it is on; otherwise nothing.
+pub fn tie_to_parent(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    if !TIE_TO_PARENT.load(std::sync::atomic::Ordering::Relaxed) {
+        return command;
+    }
+    let parent = std::process::id() as libc::pid_t;
+    command.process_group(0);
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid).
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            // The parent may have died before the prctl: then nobody would signal us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        })
+    }
+}
