@@ -441,23 +441,26 @@ fn unquote(value: &str, list: bool) -> Result<&str, String> {
         // A list; its items are checked one by one where the list is read.
         return Ok(value);
     }
-    unquote_item(value)
+    // Not echoed: the value may be a secret, a token or a password.
+    lone_quote(value, "the value")
 }
 
-/// One item of a list value, or a whole value: without its matching quotes; a lone quote at
-/// either end is an error saying what to do.
+/// One item of a list value (`rooms`, `events`, `cors_origins`): without its matching quotes;
+/// a lone quote at either end is an error naming the item.
 fn unquote_item(item: &str) -> Result<&str, String> {
-    if let Some(inner) = quoted(item) {
-        return Ok(inner);
-    }
+    quoted(item).map_or_else(|| lone_quote(item, &format!("`{item}`")), Ok)
+}
+
+/// `text` itself, or the error for a quote alone at either end of it, naming it as `what`.
+fn lone_quote<'a>(text: &'a str, what: &str) -> Result<&'a str, String> {
     let quote = |c: Option<char>| matches!(c, Some('"' | '\''));
-    if quote(item.chars().next()) || quote(item.chars().next_back()) {
+    if quote(text.chars().next()) || quote(text.chars().next_back()) {
         return Err(format!(
-            "unbalanced quote in `{item}`: values need no quotes, remove them (inside quotes, \
+            "unbalanced quote in {what}: values need no quotes, remove them (inside quotes, \
              a `#` after a space still starts a comment)"
         ));
     }
-    Ok(item)
+    Ok(text)
 }
 
 /// The text between a matching pair of quotes that encloses all of `value`, if it does.
@@ -482,6 +485,9 @@ fn key_list() -> String {
 /// ` (did you mean `x`?)` when a known key is close to `key` (a typo, a wrong case, `-` for
 /// `_`), else nothing. `tokn.lobby` suggests `token.lobby`.
 fn did_you_mean(key: &str) -> String {
+    if key.len() > 64 {
+        return String::new(); // no key is that long; and the distance is quadratic
+    }
     if let Some((prefix, room)) = key.split_once('.') {
         return ["token", "password"]
             .into_iter()
@@ -1204,6 +1210,13 @@ mod tests {
             let e = parse("t", &MINIMAL.replace(from, to)).unwrap_err();
             assert_eq!(e.key, key, "{to}: {e}");
             assert!(e.to_string().contains("remove them"), "{to}: {e}");
+            if key != "rooms" {
+                // A secret, token or password is never echoed.
+                assert!(
+                    !e.to_string().contains("abc") && !e.to_string().contains("\"t"),
+                    "{e}"
+                );
+            }
         }
     }
 
