@@ -16,7 +16,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// How long children get to exit on their own at the end (Chromium's crash handler leaves
-/// shortly after the browser).
+/// shortly after the browser); `PROCS_EXIT_GRACE_MS` overrides it.
 pub const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 static ARM: Once = Once::new();
@@ -135,7 +135,11 @@ fn describe(procs: &[Proc]) -> String {
 extern "C" fn check_at_exit() {
     // Never unwind out of an `extern "C"` function.
     let leftovers = std::panic::catch_unwind(|| {
-        let alive = leftover_children(EXIT_GRACE);
+        let grace = std::env::var("PROCS_EXIT_GRACE_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(EXIT_GRACE, Duration::from_millis);
+        let alive = leftover_children(grace);
         for p in &alive {
             // SAFETY: signalling a pid that is our own child.
             unsafe {
