@@ -354,7 +354,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 "expected `key = value` (a `#` starts a comment)".into(),
             ));
         };
-        let (key, value) = (key.trim(), value.trim());
+        let key = key.trim();
+        // Prosody's config is Lua, where strings are quoted: `secret = "s3cret"` copied from
+        // it means `s3cret`. Matching quotes around a whole value are removed, for every key.
+        let list = matches!(key, "rooms" | "events" | "cors_origins");
+        let value = unquote(value.trim(), list).map_err(|why| err(key, why))?;
         if value.starts_with('#') {
             // `key =#v` would mean `#v`, `key = #v` an empty value: refuse the ambiguity, so
             // every value reads back the same however it is written (`describe()` included).
@@ -370,7 +374,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 _ => {
                     return Err(err(
                         key,
-                        "unknown key; per-room keys are token.<room> and password.<room>".into(),
+                        format!(
+                            "unknown key{}; per-room keys are token.<room> and password.<room>",
+                            did_you_mean(key)
+                        ),
                     ));
                 }
             };
@@ -390,7 +397,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let Some(&(known, _, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
             return Err(err(
                 key,
-                format!("unknown key; known keys are: {}", key_list()),
+                format!(
+                    "unknown key{}; known keys are: {}",
+                    did_you_mean(key),
+                    key_list()
+                ),
             ));
         };
         if values.iter().any(|(k, _, _)| *k == known) {
@@ -429,11 +440,102 @@ fn strip_comment(line: &str) -> &str {
     line
 }
 
+/// A value without the quotes around it: `"s3cret"` and `'s3cret'` read as `s3cret`, as in
+/// Prosody's Lua config. A quote left alone at either end (`"s3cret`, usually a ` #` inside
+/// quotes that started a comment) is refused, so no quote ever becomes part of a secret by
+/// accident. Quotes inside a value (`a"b`) are kept. List values (`rooms = "a", "b"`) have
+/// each item unquoted by [`unquote_item`].
+fn unquote(value: &str, list: bool) -> Result<&str, String> {
+    if let Some(inner) = quoted(value) {
+        return Ok(inner);
+    }
+    if list {
+        // A list; its items are checked one by one where the list is read.
+        return Ok(value);
+    }
+    // Not echoed: the value may be a secret, a token or a password.
+    lone_quote(value, "the value")
+}
+
+/// One item of a list value (`rooms`, `events`, `cors_origins`): without its matching quotes;
+/// a lone quote at either end is an error naming the item.
+fn unquote_item(item: &str) -> Result<&str, String> {
+    quoted(item).map_or_else(|| lone_quote(item, &format!("`{item}`")), Ok)
+}
+
+/// `text` itself, or the error for a quote alone at either end of it, naming it as `what`.
+fn lone_quote<'a>(text: &'a str, what: &str) -> Result<&'a str, String> {
+    let quote = |c: Option<char>| matches!(c, Some('"' | '\''));
+    if quote(text.chars().next()) || quote(text.chars().next_back()) {
+        return Err(format!(
+            "unbalanced quote in {what}: values need no quotes, remove them (inside quotes, \
+             a `#` after a space still starts a comment)"
+        ));
+    }
+    Ok(text)
+}
+
+/// The text between a matching pair of quotes that encloses all of `value`, if it does.
+fn quoted(value: &str) -> Option<&str> {
+    ['"', '\''].into_iter().find_map(|q| {
+        value
+            .strip_prefix(q)
+            .and_then(|v| v.strip_suffix(q))
+            .filter(|inner| !inner.contains(q))
+    })
+}
+
+/// Every key a file may hold, per-room forms included, for error messages.
 fn key_list() -> String {
     KEYS.iter()
         .map(|(k, _, _)| *k)
+        .chain(["token.<room>", "password.<room>"])
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// ` (did you mean `x`?)` when a known key is close to `key` (a typo, a wrong case, `-` for
+/// `_`), else nothing. `tokn.lobby` suggests `token.lobby`.
+fn did_you_mean(key: &str) -> String {
+    if key.len() > 64 {
+        return String::new(); // no key is that long; and the distance is quadratic
+    }
+    if let Some((prefix, room)) = key.split_once('.') {
+        return ["token", "password"]
+            .into_iter()
+            .find(|p| close(prefix, p))
+            .map(|p| format!(" (did you mean `{p}.{room}`?)"))
+            .unwrap_or_default();
+    }
+    KEYS.iter()
+        .map(|(k, _, _)| *k)
+        .filter(|k| close(key, k))
+        .min_by_key(|k| edit_distance(&key.to_lowercase().replace('-', "_"), k))
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// A typo apart: at most 2 edits (1 for keys of up to 4 letters), ignoring case and `-`/`_`.
+fn close(typed: &str, known: &str) -> bool {
+    let typed = typed.to_lowercase().replace('-', "_");
+    let limit = if known.len() <= 4 { 1 } else { 2 };
+    edit_distance(&typed, known) <= limit
+}
+
+/// Levenshtein distance between two short strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config, ConfigError> {
@@ -505,7 +607,23 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
             format!("expected host:port such as 127.0.0.1:5347, found `{upstream}`"),
         ));
     }
-    let (rooms_text, rooms_line) = get("rooms")?;
+    let (on_demand_text, on_demand_line) = get("on_demand")?;
+    let on_demand = match on_demand_text.as_str() {
+        "yes" | "true" => true,
+        "no" | "false" => false,
+        other => {
+            return Err(fail(
+                "on_demand",
+                on_demand_line,
+                format!("expected yes or no, found `{other}`"),
+            ));
+        }
+    };
+    // `rooms` may be left out when `on_demand = yes` names the rooms at run time.
+    let (rooms_text, rooms_line) = match values.iter().find(|(k, _, _)| *k == "rooms") {
+        Some((_, v, line)) => (v.clone(), *line),
+        None => (String::new(), 0),
+    };
     let mut rooms: Vec<String> = Vec::new();
     let mut all_rooms = false;
     for room in rooms_text
@@ -513,6 +631,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         .map(str::trim)
         .filter(|r| !r.is_empty())
     {
+        let room = unquote_item(room).map_err(|why| fail("rooms", rooms_line, why))?;
         if room == "*" {
             all_rooms = true;
             continue;
@@ -534,18 +653,6 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
             rooms.push(room);
         }
     }
-    let (on_demand_text, on_demand_line) = get("on_demand")?;
-    let on_demand = match on_demand_text.as_str() {
-        "yes" | "true" => true,
-        "no" | "false" => false,
-        other => {
-            return Err(fail(
-                "on_demand",
-                on_demand_line,
-                format!("expected yes or no, found `{other}`"),
-            ));
-        }
-    };
     if rooms.len() > 4096 {
         // max_rooms = 0 means "the number of rooms": without this, 0 would lift the 4096 cap.
         return Err(fail(
@@ -555,10 +662,17 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         ));
     }
     if rooms.is_empty() && !all_rooms && !on_demand {
+        let what = if rooms_line == 0 {
+            "missing; add"
+        } else {
+            "expected"
+        };
         return Err(fail(
             "rooms",
             rooms_line,
-            "expected room nodes (`rooms = lobby, news`), `*` for every public room, or `on_demand = yes`".into(),
+            format!(
+                "{what} room nodes (`rooms = lobby, news`), `*` for every public room, or `on_demand = yes`"
+            ),
         ));
     }
     let (nick, nick_line) = get("nick")?;
@@ -658,6 +772,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         .map(str::trim)
         .filter(|n| !n.is_empty())
     {
+        let name = unquote_item(name).map_err(|why| fail("events", events_line, why))?;
         events |= crate::rooms::ring::kind::from_name(name).ok_or_else(|| {
             fail(
                 "events",
@@ -720,11 +835,12 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         cors_origins: match get("cors_origins")? {
             (list, _) if list == "*" || list.is_empty() => None,
             (list, line) => {
-                let origins: Vec<String> = list
-                    .split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_string())
-                    .filter(|o| !o.is_empty())
-                    .collect();
+                let mut origins: Vec<String> = Vec::new();
+                for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    let origin =
+                        unquote_item(origin).map_err(|why| fail("cors_origins", line, why))?;
+                    origins.push(origin.trim_end_matches('/').to_string());
+                }
                 // An empty list (`cors_origins = ,`) would allow no origin but be described as
                 // `cors_origins = ` (any origin); `#x` would be described as `…, #x`, a comment.
                 let origin = |o: &String| {
@@ -1201,6 +1317,106 @@ mod tests {
         let rooms: Vec<String> = (0..4097).map(|i| format!("r{i}")).collect();
         let text = MINIMAL.replace("lobby, news", &rooms.join(","));
         assert!(parse("t", &text).is_err());
+    }
+
+    #[test]
+    fn quotes_around_values_are_removed_for_every_key() {
+        // As copied from Prosody's Lua config.
+        let text = "component = \"sse.localhost\"\nsecret = \"s3cret\"\nmuc = 'conference.localhost'\n\
+                    rooms = \"lobby\", 'news'\nnick = \"watcher\"\nring_events = \"32\"\n\
+                    token.lobby = \"t1\"\npassword.news = 'pw'\nevents = \"join\"\n\
+                    cors_origins = \"https://a\", 'https://b'\n";
+        let c = parse("t", text).unwrap();
+        assert_eq!(c.component, "sse.localhost");
+        assert_eq!(c.secret, "s3cret");
+        assert_eq!(c.muc, "conference.localhost");
+        assert_eq!(c.rooms, vec!["lobby", "news"]);
+        assert_eq!(c.nick, "watcher");
+        assert_eq!(c.ring_events, 32);
+        assert_eq!(c.token_for("lobby"), Some("t1"));
+        assert_eq!(c.password_for("news"), Some("pw"));
+        assert_eq!(c.events, crate::rooms::ring::kind::JOIN);
+        assert_eq!(
+            c.cors_origins,
+            Some(vec!["https://a".into(), "https://b".into()])
+        );
+        let quoted_list = MINIMAL.replace("lobby, news", "\"lobby, news\"");
+        assert_eq!(
+            parse("t", &quoted_list).unwrap().rooms,
+            vec!["lobby", "news"]
+        );
+        // Quotes inside a value are part of it.
+        let inner = MINIMAL.replace("secret = s", "secret = a\"b'c");
+        assert_eq!(parse("t", &inner).unwrap().secret, "a\"b'c");
+    }
+
+    #[test]
+    fn a_lone_quote_is_refused_with_a_hint() {
+        for (from, to, key) in [
+            ("secret = s", "secret = \"abc", "secret"),
+            ("secret = s", "secret = abc'", "secret"),
+            // ` #` inside quotes starts a comment, leaving `"a`.
+            ("secret = s", "secret = \"a #b\"", "secret"),
+            (
+                "component = sse.localhost",
+                "component = \"sse.localhost",
+                "component",
+            ),
+            ("lobby, news", "\"lobby\", news\"", "rooms"),
+            ("secret = s", "secret = s\ntoken.lobby = \"t", "token.lobby"),
+        ] {
+            let e = parse("t", &MINIMAL.replace(from, to)).unwrap_err();
+            assert_eq!(e.key, key, "{to}: {e}");
+            assert!(e.to_string().contains("remove them"), "{to}: {e}");
+            if key != "rooms" {
+                // A secret, token or password is never echoed.
+                assert!(
+                    !e.to_string().contains("abc") && !e.to_string().contains("\"t"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_and_the_full_list() {
+        for (typed, meant) in [
+            ("ring_event", "ring_events"),
+            ("max-subscribers", "max_subscribers"),
+            ("Secret", "secret"),
+            ("lisen", "listen"),
+            ("tokn.lobby", "token.lobby"),
+            ("passwrd.news", "password.news"),
+        ] {
+            let e = parse("t", &format!("{MINIMAL}{typed} = 1\n")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("did you mean `{meant}`?")),
+                "{typed}: {e}"
+            );
+        }
+        let e = parse("t", &format!("{MINIMAL}colour = blue\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("did you mean"), "{text}");
+        assert!(
+            text.contains("token.<room>") && text.contains("password.<room>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn on_demand_alone_needs_no_rooms_line() {
+        let base = "component = sse.localhost\nsecret = s\nmuc = conference.localhost\n";
+        let c = parse("t", &format!("{base}on_demand = yes\n")).unwrap();
+        assert!(c.on_demand && c.rooms.is_empty() && !c.all_rooms);
+        assert_eq!(c.max_rooms, 64);
+        let e = parse("t", base).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("rooms", 0));
+        assert!(
+            e.to_string().contains("missing") && e.to_string().contains("on_demand = yes"),
+            "{e}"
+        );
+        let e = parse("t", &format!("{base}rooms =\n")).unwrap_err();
+        assert!(e.to_string().contains("on_demand = yes"), "{e}");
     }
 
     #[test]

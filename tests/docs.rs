@@ -44,3 +44,58 @@ fn the_example_configuration_parses_once_filled_in() {
     let parsed = config::parse("muc-eventsource.conf.example", &filled);
     assert!(parsed.is_ok(), "{}", parsed.unwrap_err());
 }
+
+/// Markdown link targets `](…)` in `text`.
+fn link_targets(text: &str) -> Vec<String> {
+    text.split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .map(|target| target.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn every_link_resolves_inside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .expect("repository root");
+    let mut pages = vec![
+        "README.md".to_string(),
+        "cross/README.md".into(),
+        "openwrt/README.md".into(),
+    ];
+    for entry in std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = read(page);
+        let dir = root
+            .join(page)
+            .parent()
+            .expect("a page's dir")
+            .to_path_buf();
+        for target in link_targets(&text) {
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = target.split('#').next().unwrap_or("");
+            let resolved = dir.join(path).canonicalize();
+            assert!(
+                resolved.as_ref().is_ok_and(|p| p.starts_with(&root)),
+                "{page}: the link `{target}` does not resolve inside the repository ({resolved:?})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} links found: is link_targets broken?"
+    );
+}

@@ -3,9 +3,10 @@
 //! passed on to its EventSource), `/healthz` following the component link through a Prosody
 //! stop and restart, and `/metrics` read by Prometheus' own Python text parser.
 //!
-//! Needs Debian's `prosody` and `chromium`, and Python 3 with `prometheus_client`
-//! (`apt-get install -y python3-prometheus-client`, or `pip install prometheus-client`;
-//! `PYTHON=/path/to/python3` picks the interpreter). A missing one fails the test naming it.
+//! Needs Debian's `prosody`, `chromium` and `python3-prometheus-client` (run by Debian's
+//! `/usr/bin/python3`, whatever `python3` comes first on `PATH`; `PYTHON=/path/to/python3`
+//! picks another interpreter that has `prometheus_client`). A missing one fails the test
+//! naming it.
 //!
 //! `UPDATE_SCREENSHOTS=1 cargo test --test pages` also writes `docs/live-view.png`.
 
@@ -897,9 +898,11 @@ fn healthz_follows_the_component_link_through_a_prosody_restart() {
     );
 }
 
-/// The Python interpreter for the Prometheus parser: `$PYTHON`, else `python3`.
+/// The Python interpreter for the Prometheus parser: `$PYTHON`, else Debian's
+/// `/usr/bin/python3` (the one `python3-prometheus-client` installs for; a pyenv or venv
+/// `python3` first on `PATH` would not have it).
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+    std::env::var("PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
 }
 
 const PARSE: &str = r#"
@@ -924,7 +927,12 @@ fn prometheus_parse(text: &str) -> (Vec<(String, String)>, Samples) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; install python3", python()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; apt-get install -y python3-prometheus-client (or set PYTHON=…)",
+                python()
+            )
+        });
     child
         .stdin
         .take()
@@ -935,8 +943,9 @@ fn prometheus_parse(text: &str) -> (Vec<(String, String)>, Samples) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'prometheus_client'") {
         panic!(
-            "Python's prometheus_client is missing: apt-get install -y python3-prometheus-client \
-             (or pip install prometheus-client; PYTHON=… picks the interpreter)"
+            "{} has no prometheus_client: apt-get install -y python3-prometheus-client \
+             (or PYTHON=/path/to/a/python3 that has it)",
+            python()
         );
     }
     assert!(

@@ -5,7 +5,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
@@ -50,12 +51,21 @@ http {{
     )
 }
 
-struct Nginx(Child);
+/// nginx in its own process group; dropping it stops it gracefully (`QUIT`) and waits for its
+/// worker, so no nginx process outlives the test.
+struct Nginx(Option<Child>);
+
+impl Nginx {
+    /// `QUIT` (nginx's graceful shutdown), waiting for the master and its worker to exit.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.0.take()?;
+        common::procs::stop_process_group(&mut child, libc::SIGQUIT)
+    }
+}
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop();
     }
 }
 
@@ -73,7 +83,7 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
     let port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(&dir, port, daemon.http)).unwrap();
-    let _nginx = Nginx(
+    let mut nginx = Nginx(Some(
         Command::new(nginx)
             .args([
                 "-p",
@@ -83,9 +93,10 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start nginx"),
-    );
+    ));
     let proxy = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + T;
     while std::net::TcpStream::connect(proxy).is_err() {
@@ -134,4 +145,17 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
     let (status, _, js) = http_get(proxy, &format!("/chat/view/{script}"));
     assert_eq!(status, 200, "{script} under the prefix");
     assert!(js.contains("../eventsource/"));
+
+    // Stopped gracefully, nginx exits 0 and leaves no worker behind (stop() checks its group).
+    drop(sub);
+    let status = nginx.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "nginx on QUIT: {status:?}"
+    );
+    let nginx_left: Vec<_> = common::procs::children()
+        .into_iter()
+        .filter(|p| p.cmdline.starts_with("nginx"))
+        .collect();
+    assert!(nginx_left.is_empty(), "left running: {nginx_left:?}");
 }

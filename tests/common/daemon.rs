@@ -99,7 +99,7 @@ impl Daemon {
             .open(&log_path)
             .expect("create daemon log");
         let bin = PathBuf::from(command[0]);
-        let child = Command::new(&bin)
+        let child = super::procs::tie_to_parent(&mut Command::new(&bin))
             .args(&command[1..])
             .arg("--config")
             .arg(&config_path)

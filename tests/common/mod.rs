@@ -6,7 +6,9 @@
 //! - [`xmpp`]: a blocking c2s client that joins rooms and sends messages;
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Prosody`];
-//! - [`json`]: a strict JSON parser for checking event data.
+//! - [`json`]: a strict JSON parser for checking event data;
+//! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
+//!   servers with workers.
 //!
 //! Everything is blocking and std-only; every wait is bounded and panics with the relevant log
 //! tail instead of hanging.
@@ -17,6 +19,7 @@ pub mod browser;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod json;
+pub mod procs;
 pub mod prosody;
 pub mod relay;
 pub mod sse;
@@ -77,8 +80,11 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// Creates `<tmp>/<prefix>-<pid>-<random>`.
+    /// Creates `<tmp>/<prefix>-<pid>-<random>`. Every harness resource that starts a process
+    /// creates its TempDir first, so this also arms [`procs::arm`]: the binary fails at exit
+    /// if a child of it is still alive.
     pub fn new(prefix: &str) -> TempDir {
+        procs::arm();
         let base = std::env::temp_dir();
         for _ in 0..100 {
             let path = base.join(format!("{prefix}-{}-{}", std::process::id(), random_hex(6)));

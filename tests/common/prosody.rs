@@ -302,7 +302,7 @@ Component "{component}"
             .append(true)
             .open(self.dir.join("prosody.console"))
             .expect("open prosody console file");
-        let child = Command::new(PROSODY)
+        let child = super::procs::tie_to_parent(&mut Command::new(PROSODY))
             .arg("-F")
             .arg("--config")
             .arg(self.config_path())
