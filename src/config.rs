@@ -1021,7 +1021,8 @@ mod room_node_tests {
     }
 }
 
-fn parse_level(text: &str) -> Option<log::LevelFilter> {
+/// A `log_level` value (or the `--log-level` flag): error, warn, info, debug or trace.
+pub fn parse_level(text: &str) -> Option<log::LevelFilter> {
     Some(match text {
         "error" => log::LevelFilter::Error,
         "warn" => log::LevelFilter::Warn,
@@ -1030,11 +1031,6 @@ fn parse_level(text: &str) -> Option<log::LevelFilter> {
         "trace" => log::LevelFilter::Trace,
         _ => return None,
     })
-}
-
-/// Parses a `--log-level` flag value.
-pub fn level_from_flag(text: &str) -> Option<log::LevelFilter> {
-    parse_level(text)
 }
 
 /// The memory the tables may hold at most, by part, in bytes.

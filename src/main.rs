@@ -62,7 +62,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--config" | "-c" => args.config = value("--config")?,
             "--log-level" => {
                 let v = value("--log-level")?;
-                args.log_level = Some(config::level_from_flag(&v).ok_or_else(|| {
+                args.log_level = Some(config::parse_level(&v).ok_or_else(|| {
                     format!("--log-level: expected error, warn, info, debug or trace, found `{v}`")
                 })?);
             }
