@@ -179,8 +179,10 @@ fn with_an_archive_every_message_arrives_exactly_once_across_two_outages() {
     let events = read_through(&mut single, &last_lobby, "single-room stream");
     let got: Vec<String> = events.iter().filter_map(message).map(|(_, b)| b).collect();
     assert_eq!(
-        got, expected[0],
-        "single-room stream: every message once, in order"
+        got,
+        expected[0],
+        "single-room stream: every message once, in order; events {events:?}\n{}",
+        daemon.log()
     );
     assert!(
         !events.iter().any(|e| e.event_type == "gap"),
