@@ -35,7 +35,8 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 64; }}
 http {{
-    access_log {d}/access.log;
+    log_format resume '$upstream_addr "$http_last_event_id" $status';
+    access_log {d}/access.log resume;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -300,6 +301,14 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
     for body in &bodies[3..6] {
         ids.push(post(&mut alice, body));
     }
+    // Posted before the browser came back (`retry: 3000`): they can only reach it through
+    // the resume on the other instance.
+    let recs = records(&page);
+    assert_eq!(
+        recs.iter().filter(|r| r.0 == "open").count(),
+        1,
+        "the browser reconnected before the missed messages were posted: {recs:?}"
+    );
     wait(
         "the 3 missed messages from the other instance",
         &daemons,
@@ -328,11 +337,31 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
         recs.iter().filter(|r| r.0 == "open").count() >= 2,
         "the browser reconnected: {recs:?}"
     );
-    // The browser resumed on the other instance, with the id of the last message it had.
-    let resumed = daemons[other].log();
+    // The browser resumed on the other instance with the id of the last message it had: the
+    // nginx access log (written when a request ends, so close the browser first) shows the
+    // reconnect's `Last-Event-ID` and where nginx sent it.
+    drop(browser);
+    let other_addr = daemons[other].http.to_string();
+    let want = format!("\"{}\" 200", ids[2]);
+    let deadline = Instant::now() + T;
+    let access = loop {
+        let access = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+        if access.lines().any(|l| l.ends_with(&want)) || Instant::now() >= deadline {
+            break access;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    eprintln!("nginx access log:\n{access}");
+    let resume = access
+        .lines()
+        .find(|l| l.ends_with(&want))
+        .unwrap_or_else(|| panic!("no request resumed with {want}:\n{access}"));
     assert!(
-        resumed.contains("subscribed to lobby@"),
-        "{}",
-        daemons[other].log_tail_block()
+        resume
+            .split(' ')
+            .next()
+            .is_some_and(|u| u.ends_with(&other_addr))
+            || resume.contains(&format!("{other_addr} ")),
+        "the resume went to the other instance ({other_addr}): {resume}"
     );
 }
