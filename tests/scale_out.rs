@@ -68,7 +68,19 @@ http {{
 struct Nginx(Child);
 
 impl Drop for Nginx {
+    /// SIGTERM to the master (it stops its worker; SIGKILL would leave the worker running),
+    /// then SIGKILL if it is still there after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
