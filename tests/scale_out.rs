@@ -5,7 +5,10 @@
 //! reconnects through nginx to the other instance with `Last-Event-ID`, and ends up with every
 //! message exactly once, in order, with the stanza-ids as ids and no `gap`.
 //!
-//! Needs Debian's prosody, nginx and chromium; a missing one fails the test.
+//! And two ejabberd nodes clustered on loopback, one daemon on each: a message posted on node 1
+//! is streamed by both daemons with the same id.
+//!
+//! Needs Debian's prosody, ejabberd, nginx and chromium; a missing one fails the test.
 
 mod common;
 
@@ -16,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::browser::{self, Browser, Page, PageServer};
 use common::daemon::{Daemon, READY_TIMEOUT};
+use common::ejabberd::Ejabberd;
 use common::json::Json;
 use common::prosody::Prosody;
+use common::sse::SseClient;
 use common::xmpp::{XmppClient, stanza_attr};
 use common::{TempDir, free_port, random_hex};
 
@@ -63,6 +68,13 @@ http {{
 }}
 "#
     )
+}
+
+/// Chromium and a cluster are heavy for a shared 2-core machine: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Nginx(Child);
@@ -214,6 +226,7 @@ fn post(alice: &mut XmppClient, body: &str) -> String {
 
 #[test]
 fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
+    let _serial = serial();
     // Fail first, and clearly, if there is no browser.
     eprintln!("{}", browser::chromium_version());
     let started = Instant::now();
@@ -376,4 +389,74 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
             || resume.contains(&format!("{other_addr} ")),
         "the resume went to the other instance ({other_addr}): {resume}"
     );
+}
+
+/// Two ejabberd nodes clustered on loopback, one daemon on each (components `sse1.localhost`
+/// on node 1 and `sse2.localhost` on node 2): a message posted by a user of node 1 is streamed
+/// by both daemons with the same id, the room's stanza-id.
+#[test]
+fn an_ejabberd_cluster_streams_a_message_with_the_same_id_from_both_nodes() {
+    let _serial = serial();
+    let secret = random_hex(16);
+    let comps = [
+        ("sse1.localhost", secret.as_str()),
+        ("sse2.localhost", secret.as_str()),
+    ];
+    let (one, two) = Ejabberd::start_cluster(&comps);
+    one.create_rooms(&["lobby"]);
+    one.register("alice", "pw");
+    let config = |node: &Ejabberd, n: u8| {
+        Daemon::config_text(node, &["lobby"], "history = 0")
+            .replace(
+                &format!("component = {}\n", node.component),
+                &format!("component = sse{n}.localhost\n"),
+            )
+            .replace(
+                &format!("secret = {}\n", node.secret),
+                &format!("secret = {secret}\n"),
+            )
+            .replace("nick = eventsource\n", &format!("nick = eventsource{n}\n"))
+            .replace(
+                &format!("upstream = {}\n", node.component_addr()),
+                &format!(
+                    "upstream = {}\n",
+                    node.component_addr_of(&format!("sse{n}.localhost"))
+                ),
+            )
+    };
+    let mut daemons = [
+        Daemon::spawn_raw(&config(&one, 1)),
+        Daemon::spawn_raw(&config(&two, 2)),
+    ];
+    for d in &mut daemons {
+        d.wait_ready(&["lobby"], READY_TIMEOUT);
+    }
+    assert!(daemons[1].log().contains(&format!(
+        "connected to {}",
+        two.component_addr_of("sse2.localhost")
+    )));
+    let mut subs: Vec<SseClient> = daemons
+        .iter()
+        .map(|d| SseClient::connect(d.http, "/eventsource/lobby", &[]))
+        .collect();
+    sleep(Duration::from_millis(300));
+    let mut alice = XmppClient::connect(&one, "alice", "pw");
+    alice.join("lobby", "alice");
+    let id = post(&mut alice, "across the cluster");
+    for (n, sub) in subs.iter_mut().enumerate() {
+        let event = sub.next_event(T).unwrap_or_else(|| {
+            panic!(
+                "daemon {} got nothing\n{}",
+                n + 1,
+                daemons[n].log_tail_block()
+            )
+        });
+        assert!(event.data.contains("across the cluster"), "{event:?}");
+        assert_eq!(
+            event.last_event_id,
+            id,
+            "daemon {}: the room's stanza-id",
+            n + 1
+        );
+    }
 }

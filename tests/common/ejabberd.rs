@@ -15,6 +15,9 @@
 //!   that user.
 //! - `ejabberdctl start` detaches; the node is ready when its listeners accept TCP. It is
 //!   stopped with `ejabberdctl stop` and the beam process (pid file) is awaited, then killed.
+//! - Without epmd every node of a cluster must use the same distribution port (`-erl_epmd_port`
+//!   names the port of every node), so [`Ejabberd::start_cluster`] puts the second node on
+//!   127.0.0.2 (all of 127/8 is loopback) with long node names `ejt…@127.0.0.<n>`.
 
 use super::prosody::ROOM_OWNER;
 use super::server::Server;
@@ -31,7 +34,8 @@ const NOT_FOUND: &str = "ejabberd not found: install Debian's ejabberd (apt-get 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A running ejabberd bound to 127.0.0.1 only. Dropping it stops the node and removes its dir.
+/// A running ejabberd bound to one loopback address (127.0.0.1 unless clustered). Dropping it
+/// stops the node and removes its dir.
 pub struct Ejabberd {
     /// The c2s virtual host: `localhost`.
     pub domain: String,
@@ -44,13 +48,17 @@ pub struct Ejabberd {
     pub c2s_port: u16,
     pub component_port: u16,
     pub http_port: u16,
-    /// Erlang distribution port (the node listens on 127.0.0.1 only, no epmd).
+    /// Erlang distribution port (the node listens on [`Ejabberd::ip`] only, no epmd).
     pub dist_port: u16,
-    /// Erlang node name, unique per instance: `ejt<hex>@localhost`.
+    /// Erlang node name, unique per instance: `ejt<hex>@localhost` (`@127.0.0.<n>` clustered).
     pub node: String,
+    /// The loopback address every listener of this node binds.
+    pub ip: [u8; 4],
     pub dir: TempDir,
-    /// Extra components on the same `ejabberd_service` listener: (JID, password).
-    extra_components: Vec<(String, String)>,
+    /// Extra components, each on a listener of its own: (JID, password, port). One
+    /// `ejabberd_service` listener routes all of its `hosts` to whichever component logs in
+    /// there, so two daemons need two listeners.
+    extra_components: Vec<(String, String, u16)>,
     running: bool,
 }
 
@@ -60,9 +68,65 @@ impl Ejabberd {
         Ejabberd::start_with_components(&[])
     }
 
-    /// Like [`Ejabberd::start`], with more component JIDs (and passwords) on the one
-    /// `ejabberd_service` listener, e.g. `sse2.localhost` for a second daemon.
+    /// Like [`Ejabberd::start`], with more components (JID, password), each on an
+    /// `ejabberd_service` listener of its own ([`Ejabberd::component_addr_of`]), e.g.
+    /// `sse2.localhost` for a second daemon.
     pub fn start_with_components(extra: &[(&str, &str)]) -> Ejabberd {
+        Ejabberd::launch([127, 0, 0, 1], None, false, extra)
+    }
+
+    /// Two nodes clustered on loopback (the second joined to the first with `ejabberdctl
+    /// join_cluster`): accounts, rooms and archives are shared, each node has its own
+    /// listeners (first on 127.0.0.1, second on 127.0.0.2) and its own component password for
+    /// `sse.localhost`; `extra` components are accepted by both.
+    pub fn start_cluster(extra: &[(&str, &str)]) -> (Ejabberd, Ejabberd) {
+        let first = Ejabberd::launch([127, 0, 0, 1], None, true, extra);
+        let second = Ejabberd::launch([127, 0, 0, 2], Some(first.dist_port), true, extra);
+        let out = second.ctl(&["join_cluster", &first.node]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "join_cluster {} failed ({}): {text}
+--- log of {} ---
+{}",
+            first.node,
+            out.status,
+            second.node,
+            tail(&second.log(), 40)
+        );
+        // join_cluster restarts the second node's ejabberd application: wait for it again.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let listed =
+                String::from_utf8_lossy(&second.ctl(&["list_cluster"]).stdout).into_owned();
+            if listed.contains(&first.node)
+                && listed.contains(&second.node)
+                && accepts(second.c2s_addr())
+                && accepts(second.component_addr())
+            {
+                return (first, second);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come back clustered with {}: {listed}
+{}",
+                second.node,
+                first.node,
+                tail(&second.log(), 40)
+            );
+            sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts a node on `ip`; `dist_port` is picked freely unless given (a cluster's nodes
+    /// share theirs); a cluster's nodes have long names (`@<ip>`), a lone node `@localhost`.
+    fn launch(
+        ip: [u8; 4],
+        dist_port: Option<u16>,
+        clustered: bool,
+        extra: &[(&str, &str)],
+    ) -> Ejabberd {
         check_installed();
         let dir = TempDir::new("muc-es-ejabberd");
         for sub in ["spool", "logs"] {
@@ -77,17 +141,22 @@ impl Ejabberd {
             component_port: 0,
             http_port: 0,
             dist_port: 0,
-            node: format!("ejt{}@localhost", random_hex(5)),
+            node: if clustered {
+                format!("ejt{}@{}", random_hex(5), ip_text(ip))
+            } else {
+                format!("ejt{}@localhost", random_hex(5))
+            },
+            ip,
             dir,
             extra_components: extra
                 .iter()
-                .map(|(j, p)| (j.to_string(), p.to_string()))
+                .map(|(j, p)| (j.to_string(), p.to_string(), 0))
                 .collect(),
             running: false,
         };
         // Ports picked by free_port() may be taken before ejabberd binds them: retry.
         for attempt in 1..=3 {
-            e.pick_ports();
+            e.pick_ports(dist_port);
             e.write_config();
             match e.spawn_and_wait() {
                 Ok(()) => return e,
@@ -108,9 +177,9 @@ impl Ejabberd {
         unreachable!()
     }
 
-    fn pick_ports(&mut self) {
+    fn pick_ports(&mut self, dist_port: Option<u16>) {
         let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 4 {
+        while ports.len() < 4 + self.extra_components.len() {
             let p = free_port();
             if !ports.contains(&p) {
                 ports.push(p);
@@ -119,17 +188,23 @@ impl Ejabberd {
         self.c2s_port = ports[0];
         self.component_port = ports[1];
         self.http_port = ports[2];
-        self.dist_port = ports[3];
+        self.dist_port = dist_port.unwrap_or(ports[3]);
+        for (i, extra) in self.extra_components.iter_mut().enumerate() {
+            extra.2 = ports[4 + i];
+        }
     }
 
     /// The complete `ejabberd.yml` this instance runs with.
     pub fn config_text(&self) -> String {
-        let mut hosts = format!(
-            "      \"{}\":\n        password: \"{}\"\n",
-            self.component, self.secret
-        );
-        for (jid, pass) in &self.extra_components {
-            hosts.push_str(&format!("      \"{jid}\":\n        password: \"{pass}\"\n"));
+        let ip = ip_text(self.ip);
+        let service = |jid: &str, pass: &str, port: u16| {
+            format!(
+                "  -\n    port: {port}\n    ip: \"{ip}\"\n    module: ejabberd_service\n    hosts:\n      \"{jid}\":\n        password: \"{pass}\"\n"
+            )
+        };
+        let mut services = service(&self.component, &self.secret, self.component_port);
+        for (jid, pass, port) in &self.extra_components {
+            services.push_str(&service(jid, pass, *port));
         }
         let level = std::env::var("EJABBERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         format!(
@@ -144,17 +219,12 @@ auth_password_format: plain
 listen:
   -
     port: {c2s}
-    ip: "127.0.0.1"
+    ip: "{ip}"
     module: ejabberd_c2s
     starttls: false
-  -
-    port: {comp}
-    ip: "127.0.0.1"
-    module: ejabberd_service
-    hosts:
-{hosts}  -
+{services}  -
     port: {http}
-    ip: "127.0.0.1"
+    ip: "{ip}"
     module: ejabberd_http
 acl:
   local:
@@ -183,7 +253,6 @@ modules:
 "#,
             domain = self.domain,
             c2s = self.c2s_port,
-            comp = self.component_port,
             http = self.http_port,
             muc = self.muc,
         )
@@ -194,12 +263,13 @@ modules:
             "# Generated by tests/common/ejabberd.rs\n\
              ERLANG_NODE={node}\n\
              ERL_DIST_PORT={dist}\n\
-             INET_DIST_INTERFACE=127.0.0.1\n\
+             INET_DIST_INTERFACE={ip}\n\
              ERL_EPMD_ADDRESS=127.0.0.1\n\
              EJABBERD_PID_PATH={pid}\n\
              EJABBERD_BYPASS_WARNINGS=true\n",
             node = self.node,
             dist = self.dist_port,
+            ip = ip_text(self.ip),
             pid = self.pid_path().display(),
         )
     }
@@ -262,14 +332,25 @@ modules:
         out
     }
 
-    /// `127.0.0.1:<c2s_port>`.
+    /// `<ip>:<c2s_port>`.
     pub fn c2s_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.c2s_port))
+        SocketAddr::from((self.ip, self.c2s_port))
     }
 
-    /// `127.0.0.1:<component_port>`.
+    /// `<ip>:<component_port>`.
     pub fn component_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.component_port))
+        SocketAddr::from((self.ip, self.component_port))
+    }
+
+    /// Where the extra component `jid` logs in (its own `ejabberd_service` listener).
+    pub fn component_addr_of(&self, jid: &str) -> SocketAddr {
+        let port = self
+            .extra_components
+            .iter()
+            .find(|(j, _, _)| j == jid)
+            .map(|(_, _, port)| *port)
+            .unwrap_or_else(|| panic!("{jid} is not a component of this ejabberd"));
+        SocketAddr::from((self.ip, port))
     }
 
     /// ejabberd's log (`logs/ejabberd.log`) so far.
@@ -466,6 +547,10 @@ fn ejabberdctl() -> PathBuf {
         .map(|p| p.join(EJABBERDCTL))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(EJABBERDCTL))
+}
+
+fn ip_text(ip: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(ip).to_string()
 }
 
 fn is_root() -> bool {
