@@ -103,16 +103,23 @@ pub struct Config {
     pub private_rooms: bool,
     /// Origins allowed to read streams from a page (CORS); `None` = any (`*`).
     pub cors_origins: Option<Vec<String>>,
+    /// The operator's token: `/`, `/metrics` and `/healthz` show every room to it (without it
+    /// they show only the rooms an anonymous reader may stream). Opens no stream.
+    pub status_token: Option<String>,
 }
 
 impl Config {
     /// The read token a room needs, if any: its own, else the global one.
     pub fn token_for(&self, room: &str) -> Option<&str> {
+        self.room_token(room).or(self.token.as_deref())
+    }
+
+    /// The room's own read token (`token.<room>`), if it has one.
+    pub fn room_token(&self, room: &str) -> Option<&str> {
         self.room_tokens
             .iter()
             .find(|(r, _)| r == room)
             .map(|(_, t)| t.as_str())
-            .or(self.token.as_deref())
     }
 
     /// The password to join a room with, if configured.
@@ -266,6 +273,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "cors_origins",
         Some("*"),
         "origins allowed to read streams: * or a comma-separated list",
+    ),
+    (
+        "status_token",
+        Some(""),
+        "operator token: /, /metrics and /healthz then show every room",
     ),
     (
         "ping_timeout_secs",
@@ -691,6 +703,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
         events,
         token: Some(get("token")?.0).filter(|t| !t.is_empty()),
+        status_token: Some(get("status_token")?.0).filter(|t| !t.is_empty()),
         room_tokens: Vec::new(),
         room_passwords: Vec::new(),
         private_rooms: match get("private_rooms")? {
@@ -741,18 +754,155 @@ fn is_domain_char(c: char) -> bool {
     c.is_alphanumeric() || c == '.' || c == '-' || c == '_'
 }
 
-/// A room node (the local part of the room JID) we are willing to put in a JID we send.
-pub fn check_room_node(room: &str) -> Result<(), &'static str> {
+/// Why a text cannot be a room node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadNode {
+    /// Empty, or over 1023 bytes (RFC 7622 §3.3).
+    Length(usize),
+    /// A character nodeprep prohibits, that XML forbids, or one of `"&'/:<>@`.
+    Char(char),
+}
+
+impl std::fmt::Display for BadNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadNode::Length(n) => write!(f, "must be 1 to 1023 bytes, not {n}"),
+            BadNode::Char(c) => write!(
+                f,
+                "holds U+{:04X}: a room name may not contain spaces, control, formatting, \
+                 private-use or non-characters, nor any of \" & ' / : < > @",
+                *c as u32
+            ),
+        }
+    }
+}
+
+/// A room node (the local part of the room JID) we are willing to put in a JID we send and in
+/// the room table: 1 to 1023 bytes, every character an XML 1.0 `Char`, none that nodeprep
+/// prohibits (RFC 3920 Appendix A.5: RFC 3454 tables C.1.1 to C.9, and `"&'/:<>@`). Config,
+/// discovery and on-demand requests all go through here.
+pub fn check_room_node(room: &str) -> Result<(), BadNode> {
     if room.is_empty() || room.len() > 1023 {
-        return Err("must be 1 to 1023 bytes");
+        return Err(BadNode::Length(room.len()));
     }
-    if room
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || "\"&'/:<>@".contains(c) || c == '\u{fffd}')
-    {
-        return Err("must not contain spaces, control characters or any of \" & ' / : < > @");
+    match room.chars().find(|&c| !node_char(c)) {
+        Some(c) => Err(BadNode::Char(c)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether `c` may be in a room node (see [`check_room_node`]).
+fn node_char(c: char) -> bool {
+    let prohibited = matches!(
+        c,
+        // Nodeprep's own (RFC 3920 A.5) and space (C.1.1).
+        '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@' | ' '
+        // C.1.2 non-ASCII space.
+        | '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200B}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+        // C.2.1 ASCII control, C.2.2 non-ASCII control.
+        | '\u{0}'..='\u{1F}' | '\u{7F}' | '\u{80}'..='\u{9F}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
+        | '\u{200C}' | '\u{200D}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2063}'
+        | '\u{206A}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFC}' | '\u{1D173}'..='\u{1D17A}'
+        // C.3 private use.
+        | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{FFFFD}' | '\u{100000}'..='\u{10FFFD}'
+        // C.4 non-characters (the rest: `(c & 0xFFFE) == 0xFFFE` below).
+        | '\u{FDD0}'..='\u{FDEF}'
+        // C.6 inappropriate for plain text (U+FFFD as well: text that was not UTF-8).
+        | '\u{FFF9}'..='\u{FFFD}'
+        // C.7 inappropriate for canonical representation.
+        | '\u{2FF0}'..='\u{2FFB}'
+        // C.8 change display properties or are deprecated.
+        | '\u{340}' | '\u{341}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+        // C.9 tagging characters.
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}'
+        // Bidi controls added after Unicode 3.2 (unassigned there, so prohibited in a stored
+        // string anyway): ARABIC LETTER MARK and the isolates.
+        | '\u{61C}' | '\u{2066}'..='\u{2069}'
+    ) || (c as u32 & 0xFFFE) == 0xFFFE;
+    // C.5 (surrogates) cannot be a `char`; XML `Char` is checked as well, in case.
+    !prohibited && !c.is_whitespace() && crate::xmpp::text::is_xml_char(c)
+}
+
+#[cfg(test)]
+mod room_node_tests {
+    use super::*;
+
+    #[test]
+    fn room_nodes_are_checked_like_jid_localparts() {
+        for good in [
+            "lobby",
+            "café",
+            "Straße",
+            "會議室",
+            "a-b_c.d",
+            "🎉",
+            &"a".repeat(1023),
+        ] {
+            assert_eq!(check_room_node(good), Ok(()), "{good:?}");
+        }
+        assert_eq!(check_room_node(""), Err(BadNode::Length(0)));
+        assert_eq!(
+            check_room_node(&"a".repeat(1024)),
+            Err(BadNode::Length(1024))
+        );
+        assert_eq!(
+            check_room_node(&"é".repeat(512)),
+            Err(BadNode::Length(1024)),
+            "bytes, not characters"
+        );
+        for bad in [
+            '\u{FFFE}',
+            '\u{FFFF}',
+            '\u{1B}',
+            '\u{200E}',
+            '\u{E0001}',
+            '\u{0}',
+            '\u{1}',
+            '\t',
+            '\n',
+            '\u{7F}',
+            '\u{85}',
+            '\u{A0}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{2028}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{FEFF}',
+            '\u{FFFD}',
+            '\u{FFFC}',
+            '\u{FDD0}',
+            '\u{1FFFE}',
+            '\u{10FFFF}',
+            '\u{E000}',
+            '\u{F8FF}',
+            '\u{F0000}',
+            '\u{2FF0}',
+            '\u{340}',
+            '\u{E007F}',
+            '\u{1D173}',
+            '\u{3000}',
+            '"',
+            '&',
+            '\'',
+            '/',
+            ':',
+            '<',
+            '>',
+            '@',
+            ' ',
+        ] {
+            let node = format!("ro{bad}om");
+            assert_eq!(check_room_node(&node), Err(BadNode::Char(bad)), "{bad:?}");
+            assert!(
+                check_room_node(&node)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("U+"),
+                "the message names the character"
+            );
+        }
+    }
 }
 
 fn parse_level(text: &str) -> Option<log::LevelFilter> {
@@ -923,6 +1073,14 @@ impl Config {
         line(
             "token",
             if self.token.is_some() {
+                "<set, hidden>".into()
+            } else {
+                String::new()
+            },
+        );
+        line(
+            "status_token",
+            if self.status_token.is_some() {
                 "<set, hidden>".into()
             } else {
                 String::new()

@@ -1,6 +1,6 @@
 //! The configuration in force. `SIGHUP` re-reads the file: the room list, read tokens, room
 //! passwords, the private-room policy, CORS origins, event kinds, history, `retry_ms` and the
-//! log level change at once; every other key (addresses, the secret, table sizes) keeps its
+//! log level change at once (open streams are checked again against the new access rules); every other key (addresses, the secret, table sizes) keeps its
 //! start-up value until a restart, and the log says so.
 
 use std::cell::RefCell;
@@ -73,6 +73,7 @@ impl Settings {
         }
         merged.rooms = new.rooms.clone();
         merged.token = new.token.clone();
+        merged.status_token = new.status_token.clone();
         merged.room_tokens = new.room_tokens.clone();
         merged.room_passwords = new.room_passwords.clone();
         merged.private_rooms = new.private_rooms;
@@ -114,6 +115,9 @@ impl Settings {
             },
         );
         *self.current.borrow_mut() = Rc::new(merged);
+        // Tokens, the private-room policy or CORS may have changed: every open stream is
+        // checked again against the new values before it is sent anything more.
+        table.access_changed(None);
         self.add_pending(table);
         Ok(())
     }

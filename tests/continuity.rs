@@ -277,3 +277,73 @@ fn without_an_archive_a_gap_event_marks_the_hole_and_nothing_repeats() {
         assert!(posted[MISSED..].iter().all(|live| got.contains(live)));
     }
 }
+
+#[test]
+fn a_multi_room_resume_older_than_the_rings_is_filled_from_the_archives() {
+    let prosody = Prosody::start_with("", "modules_enabled = { \"muc_mam\" }");
+    let rooms = ["lobby", "news"];
+    prosody.create_rooms(&rooms);
+    prosody.register("alice", "pw");
+    let mut daemon = Daemon::spawn_raw(&Daemon::config_text(
+        &prosody,
+        &rooms,
+        "ring_events = 4\nhistory = 0",
+    ));
+    daemon.wait_ready(&rooms, T);
+    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
+    let path = "/eventsource?room=lobby&room=news";
+    let mut sub = SseClient::connect(daemon.http, path, &[]);
+    for room in rooms {
+        alice.join(room, "alice");
+        post(&mut alice, room, &[format!("seen-{room}")]);
+    }
+    let events = read_through(&mut sub, "seen-news", "multi-room stream");
+    let last_id = events.last().unwrap().last_event_id.clone();
+    assert!(
+        last_id.contains("lobby=") && last_id.contains("news="),
+        "{last_id}"
+    );
+    drop(sub);
+    let mut missed = Vec::new();
+    for room in rooms {
+        let posted = bodies(&format!("missed-{room}"), 7);
+        post(&mut alice, room, &posted);
+        missed.push(posted);
+    }
+    let mut resumed = SseClient::connect(daemon.http, path, &[("Last-Event-ID", &last_id)]);
+    let mut events = read_through(&mut resumed, "missed-lobby-6", "resumed stream");
+    if !events
+        .iter()
+        .filter_map(message)
+        .any(|(_, b)| b == "missed-news-6")
+    {
+        events.extend(read_through(
+            &mut resumed,
+            "missed-news-6",
+            "resumed stream",
+        ));
+    }
+    assert!(
+        !events.iter().any(|e| e.event_type == "gap"),
+        "the archives filled it: {events:?}"
+    );
+    for (room, want) in rooms.iter().zip(&missed) {
+        let got: Vec<String> = events
+            .iter()
+            .filter_map(message)
+            .filter(|(r, _)| r == room)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(
+            &got, want,
+            "room {room}: every missed message once, in order"
+        );
+    }
+    // The last composite id names both rooms' last messages: resuming from it repeats nothing.
+    let last = events.last().unwrap().last_event_id.clone();
+    let mut again = SseClient::connect(daemon.http, path, &[("Last-Event-ID", &last)]);
+    post(&mut alice, "news", &["after".to_string()]);
+    let next = read_through(&mut again, "after", "second resume");
+    let got: Vec<String> = next.iter().filter_map(message).map(|(_, b)| b).collect();
+    assert_eq!(got, vec!["after".to_string()], "{next:?}");
+}

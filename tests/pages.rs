@@ -1090,3 +1090,53 @@ fn corrections_and_retractions_update_the_live_view() {
         json_array(&["unrelated", "message removed"])
     );
 }
+
+/// A live view whose access is withdrawn while it is open (here a `SIGHUP` rotates the room's
+/// token) says so plainly and stops, instead of freezing or retrying forever: the stream's last
+/// `status: forbidden` event reaches the page, which closes its EventSource.
+#[test]
+fn the_live_view_says_access_was_withdrawn_and_stops() {
+    let (_prosody, mut alice, daemon) = setup("token.lobby = view-token\nhistory = 0\n");
+    let _browser = browser_lock();
+    let mut page = Chrome::open(&url(&daemon, "/view/lobby?token=view-token"), 800, 600);
+    page.wait("document.body.dataset.state === 'live'", T, STATE);
+    sleep(Duration::from_millis(300));
+    alice.send_groupchat("lobby", "before");
+    page.wait(
+        "document.querySelectorAll('#log .msg').length === 1",
+        T,
+        BODIES,
+    );
+
+    let path = daemon.config_path().clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("token.lobby = view-token", "token.lobby = rotated"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.expect_log("tokens, CORS and the other live settings replaced", T);
+    page.wait(
+        "document.body.dataset.state === 'down' && \
+         document.getElementById('banner').textContent.indexOf('access withdrawn') >= 0",
+        Duration::from_secs(5),
+        STATE,
+    );
+    let refused_before = daemon.log_count("/eventsource/lobby -> 403");
+    alice.send_groupchat("lobby", "after");
+    sleep(Duration::from_secs(4));
+    assert_eq!(page.text(BODIES), json_array(&["before"]), "nothing after");
+    let state = page.text(STATE);
+    assert!(state.contains("access withdrawn"), "{state}");
+    let notes = page.text(
+        "JSON.stringify(Array.from(document.querySelectorAll('#log .note'), e => e.textContent))",
+    );
+    assert!(notes.contains("Reload the page"), "{notes}");
+    // It stopped: no EventSource came back to be refused.
+    assert_eq!(
+        daemon.log_count("/eventsource/lobby -> 403"),
+        refused_before,
+        "the page kept reconnecting"
+    );
+}

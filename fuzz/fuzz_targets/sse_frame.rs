@@ -18,13 +18,18 @@
 //! * the id comes back: a reconnect request carrying it as `Last-Event-ID` parses to that id;
 //! * frames follow each other: two frames with a keep-alive comment between them, fed byte by
 //!   byte, are two events (a frame never swallows or splits the next one);
-//! * a typed event (`frame::event` with `Json`'s `str`, `opt`, `num`, `bool`) round-trips too.
+//! * a typed event (`frame::event` with `Json`'s `str`, `opt`, `num`, `bool`) round-trips too;
+//! * multi-room frames (`Entry::multi_frame`, built from the event's recorded parts) of a message
+//!   and of a typed event whose id is the raw, unchecked id (`x data: {y`, newlines, `id: `…:
+//!   the frame must never be searched for its parts, B1) are one event with no `id:` line and
+//!   the same JSON with `"room"` first.
 #![no_main]
 
 use fuzz_support::{SseParser, parse_sse};
 use libfuzzer_sys::fuzz_target;
 use muc_eventsource::http::request;
-use muc_eventsource::rooms::frame::{Json, event, message, valid_id};
+use muc_eventsource::rooms::frame::{Event, Json, event, message, valid_id};
+use muc_eventsource::rooms::ring::{Entry, kind};
 use serde_json::{Map, Value, json};
 
 const MINTED: &str = "t5x1k2m-1";
@@ -58,8 +63,36 @@ fn check_lines(frame: &[u8]) {
     );
 }
 
+/// A multi-room frame: one event of type `event_type`, no `id:` line (so the last event ID
+/// stays empty), whose data is `expected` with `"room": node` first.
+fn check_multi(frame: &[u8], event_type: &str, node: &str, expected: &Map<String, Value>) {
+    check_lines(frame);
+    assert!(
+        !frame.split(|&b| b == b'\n').any(|l| l.starts_with(b"id:")),
+        "an id line in a multi-room frame {:?}",
+        String::from_utf8_lossy(frame)
+    );
+    let mut parser = SseParser::new();
+    let events = parser.feed(frame);
+    assert_eq!(events.len(), 1, "{:?}", String::from_utf8_lossy(frame));
+    assert!(!parser.has_pending());
+    assert_eq!(events[0].event_type, event_type);
+    assert_eq!(events[0].last_event_id, "");
+    let data = &events[0].data;
+    assert!(
+        data.starts_with("{\"room\":"),
+        "\"room\" is not the first key: {data:?}"
+    );
+    let got: Value = serde_json::from_str(data)
+        .unwrap_or_else(|e| panic!("multi-room data is not JSON ({e}): {data:?}"));
+    let mut want = expected.clone();
+    want.insert("room".into(), Value::String(node.into()));
+    assert_eq!(got, Value::Object(want));
+}
+
 fuzz_target!(|data: &[u8]| {
     let (id, rest) = split(data, 0xFE);
+    let raw_id = id.map(text).unwrap_or_default();
     let id = id.map(text).filter(|id| valid_id(id));
     let id = id.as_deref().unwrap_or(MINTED);
     let (nick, body) = split(rest, 0xFF);
@@ -137,4 +170,29 @@ fuzz_target!(|data: &[u8]| {
         expected["nick"] = Value::String(nick.clone());
     }
     assert_eq!(got, expected);
+
+    // Multi-room frames of events whose id is anything at all, built from their parts.
+    let mut fields = Map::new();
+    if let Some(nick) = &nick {
+        fields.insert("nick".into(), Value::String(nick.clone()));
+    }
+    fields.insert("body".into(), Value::String(body.clone()));
+    let node = nick.as_deref().unwrap_or("lobby");
+    let entry = Entry::new(
+        Event::message(&raw_id, nick.as_deref(), &body),
+        raw_id.as_str(),
+        kind::MESSAGE,
+    );
+    check_multi(&entry.multi_frame(node), "message", node, &fields);
+    let json = Json::new().str("subject", &body).finish();
+    let typed = Entry::new(
+        Event::new(Some("subject"), &raw_id, &json),
+        raw_id.as_str(),
+        kind::SUBJECT,
+    );
+    let mut subject = Map::new();
+    subject.insert("subject".into(), Value::String(body.clone()));
+    check_multi(&typed.multi_frame(&raw_id), "subject", &raw_id, &subject);
+    let empty = Entry::new(Event::new(Some("status"), &raw_id, b"{}"), "", kind::STATUS);
+    check_multi(&empty.multi_frame(node), "status", node, &Map::new());
 });

@@ -2,12 +2,14 @@
 //! `503` with one line saying what is wrong (for a load balancer, systemd, or a person).
 
 use super::routes::Reply;
-use crate::rooms::table::{JoinState, RoomTable};
+use crate::rooms::table::{JoinState, Room, RoomTable};
 
 /// `Ok` when healthy, else the one-line reason (`upstream link down`, `room lobby: joining`, …;
-/// several problems are joined with `; `).
-pub fn check(table: &RoomTable) -> Result<(), String> {
+/// several problems are joined with `; `). Rooms `listed` says this request may not see are
+/// not named: `2 unlisted rooms not joined`.
+pub fn check(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> Result<(), String> {
     let mut problems = Vec::new();
+    let mut unnamed = 0;
     if !table.stats().upstream_up.get() {
         problems.push("upstream link down".to_string());
     }
@@ -22,7 +24,15 @@ pub fn check(table: &RoomTable) -> Result<(), String> {
             JoinState::Failed(why) => format!("failed ({why})"),
             JoinState::Gone(why) => format!("gone ({why})"),
         };
-        problems.push(format!("room {}: {state}", room.node()));
+        if listed(room) {
+            problems.push(format!("room {}: {state}", room.node()));
+        } else {
+            unnamed += 1;
+        }
+    }
+    if unnamed > 0 {
+        let s = if unnamed == 1 { "" } else { "s" };
+        problems.push(format!("{unnamed} unlisted room{s} not joined"));
     }
     if problems.is_empty() {
         Ok(())
@@ -32,8 +42,8 @@ pub fn check(table: &RoomTable) -> Result<(), String> {
     }
 }
 
-pub fn reply(table: &RoomTable) -> Reply {
-    let reply = match check(table) {
+pub fn reply(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> Reply {
+    let reply = match check(table, listed) {
         Ok(()) => Reply::text(200, "ok\n"),
         Err(why) => Reply::text(503, format!("{why}\n")),
     };
@@ -58,24 +68,27 @@ mod tests {
             crate::rooms::table::Origin::Configured,
         );
         assert_eq!(
-            check(&t),
+            check(&t, &|_| true),
             Err("upstream link down; room lobby: joining; room news: joining".into())
         );
         t.stats().upstream_up.set(true);
         t.set_state(0, JoinState::Joined);
         t.set_state(1, JoinState::Failed("members only"));
-        assert_eq!(check(&t), Err("room news: failed (members only)".into()));
-        let r = reply(&t);
+        assert_eq!(
+            check(&t, &|_| true),
+            Err("room news: failed (members only)".into())
+        );
+        let r = reply(&t, &|_| true);
         assert_eq!(
             (r.status, r.body.as_slice()),
             (503, &b"room news: failed (members only)\n"[..])
         );
         t.set_state(1, JoinState::Joined);
-        let r = reply(&t);
+        let r = reply(&t, &|_| true);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
         t.set_state(0, JoinState::Gone("the room was destroyed"));
         assert_eq!(
-            check(&t),
+            check(&t, &|_| true),
             Err("room lobby: gone (the room was destroyed)".into())
         );
     }

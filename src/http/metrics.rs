@@ -1,23 +1,26 @@
 //! `GET /metrics`: the room table's counters in the Prometheus text exposition format 0.0.4
-//! (`# HELP` / `# TYPE` lines, one sample per line, label values escaped).
+//! (`# HELP` / `# TYPE` lines, one sample per line, label values escaped). Per-room series only
+//! for the rooms the request may see by name; the others are folded into two totals.
 
 use std::fmt::Write as _;
 
 use super::routes::Reply;
-use crate::rooms::table::{JoinState, RoomTable};
+use crate::rooms::table::{JoinState, Room, RoomTable};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every metric name starts with this.
 pub const PREFIX: &str = "muc_eventsource_";
 
-pub fn reply(table: &RoomTable) -> Reply {
-    Reply::with_type(200, CONTENT_TYPE, render(table).into_bytes())
+/// `listed`: the rooms this request may see by name (see `pages::listed`); the others are
+/// counted together in `private_rooms` and `private_subscribers`.
+pub fn reply(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> Reply {
+    Reply::with_type(200, CONTENT_TYPE, render(table, listed).into_bytes())
         .header("Cache-Control", "no-store")
 }
 
 /// The exposition text.
-pub fn render(table: &RoomTable) -> String {
+pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
     let s = table.stats();
     let mut out = Exposition(String::with_capacity(2048));
     out.single(
@@ -52,7 +55,7 @@ pub fn render(table: &RoomTable) -> String {
         "1 when the room is joined, per room.",
         "gauge",
     );
-    for (_, room) in table.active() {
+    for (_, room) in table.active().filter(|(_, r)| listed(r)) {
         let joined = u64::from(room.state() == JoinState::Joined);
         out.sample("room_joined", &[("room", &room.node())], joined);
     }
@@ -61,13 +64,26 @@ pub fn render(table: &RoomTable) -> String {
         "Event-stream subscribers connected, per room.",
         "gauge",
     );
-    for (_, room) in table.active() {
+    for (_, room) in table.active().filter(|(_, r)| listed(r)) {
         out.sample(
             "subscribers",
             &[("room", &room.node())],
             room.subscribers() as u64,
         );
     }
+    let unlisted = || table.active().filter(|(_, r)| !listed(r));
+    out.single(
+        "private_rooms",
+        "Rooms not named here: this request may not read them (status_token shows them).",
+        "gauge",
+        unlisted().count() as u64,
+    );
+    out.single(
+        "private_subscribers",
+        "Event-stream subscribers of the rooms not named here, together.",
+        "gauge",
+        unlisted().map(|(_, r)| r.subscribers() as u64).sum(),
+    );
     out.single(
         "events_in_total",
         "Events published into the rooms' rings.",
@@ -204,7 +220,7 @@ mod tests {
         count(&s.rejected_timeout, 4);
         t.set_state(0, JoinState::Joined);
         let _sub = t.subscribe(0).unwrap();
-        let text = render(&t);
+        let text = render(&t, &|_| true);
         for line in [
             "# HELP muc_eventsource_upstream_up 1 when the XEP-0114 component link to the XMPP server is up.",
             "# TYPE muc_eventsource_upstream_up gauge",
@@ -246,7 +262,7 @@ mod tests {
         }
         assert!(text.ends_with('\n'));
         assert_eq!(
-            reply(&t).content_type,
+            reply(&t, &|_| true).content_type,
             "text/plain; version=0.0.4; charset=utf-8"
         );
     }

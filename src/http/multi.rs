@@ -16,25 +16,18 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::access::{Guard, Standing};
 use super::routes::Start;
 use super::sse::Ended;
+use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
+use crate::rooms::resume::EventId;
 use crate::rooms::table::{JoinState, Subscription, count};
 
 /// Rooms one stream may merge.
 pub const MAX_ROOMS: usize = 8;
 /// Bytes gathered for one write (one event may exceed it).
 pub const BUFFER: usize = 16 * 1024;
-
-fn encode(part: &str, out: &mut String) {
-    for b in part.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~:@+/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
 
 /// `node=id&node=id…` for the given (node, last id) pairs.
 pub fn composite<'a>(parts: impl Iterator<Item = (&'a str, &'a str)>) -> String {
@@ -43,33 +36,47 @@ pub fn composite<'a>(parts: impl Iterator<Item = (&'a str, &'a str)>) -> String 
         if !out.is_empty() {
             out.push('&');
         }
-        encode(node, &mut out);
+        out.push_str(&super::request::percent_encode(node));
         out.push('=');
-        encode(id, &mut out);
+        out.push_str(&super::request::percent_encode(id));
     }
     out
 }
 
-/// The (node, id) pairs of a composite id; `None` if it is not one.
+/// Parts a composite id may have at most (a stream merges at most [`MAX_ROOMS`]; a page that
+/// changed its room list may send a few more).
+const MAX_PARTS: usize = 4 * MAX_ROOMS;
+
+/// The (node, id) pairs of a composite id; `None` if it is not one this daemon can have issued:
+/// every node a valid room node, every id empty or an event id (`rooms::resume`).
 pub fn parse_composite(id: &str) -> Option<Vec<(String, String)>> {
+    if id.split('&').count() > MAX_PARTS {
+        return None;
+    }
     id.split('&')
         .map(|pair| {
             let (node, id) = pair.split_once('=')?;
-            Some((
-                super::request::percent_decode(node)?.to_lowercase(),
-                super::request::percent_decode(id)?,
-            ))
+            let node = super::request::percent_decode(node)?.to_lowercase();
+            let id = super::request::percent_decode(id)?;
+            crate::config::check_room_node(&node).ok()?;
+            if !id.is_empty() {
+                EventId::parse(&id)?;
+            }
+            Some((node, id))
         })
         .collect()
 }
 
 /// Where each room of the stream starts, from the request's `Start`: a composite
 /// `Last-Event-ID` resumes each room it names (an empty id: from the oldest held event), rooms
-/// it does not name start live; `?history=N` gives each room its last N.
+/// it does not name start live; an id that is not a composite one is unknown to every room (a
+/// `gap` each); `?history=N` gives each room its last N.
 pub fn starts(nodes: &[&str], start: &Start) -> Vec<Start> {
     match start {
         Start::After(id) => {
-            let parts = parse_composite(id).unwrap_or_default();
+            let Some(parts) = parse_composite(id) else {
+                return nodes.iter().map(|_| Start::Unknown(id.clone())).collect();
+            };
             nodes
                 .iter()
                 .map(|node| match parts.iter().find(|(n, _)| n == node) {
@@ -90,15 +97,51 @@ pub struct Follow<'t> {
     pub seq: u64,
     /// Id of the last event sent (or the one before the start), for the composite id.
     pub last_id: String,
+    /// The room's access epoch when this stream last checked its access to it.
+    pub checked: u64,
+    /// The room's flags were not known at that check: the stream sends nothing until they are.
+    pub held: bool,
 }
 
-/// The response head, `retry:`, and a `gap` event for each room whose resume id is no longer
-/// held; sets each follow's starting point.
+impl<'t> Follow<'t> {
+    pub fn new(sub: Subscription<'t>) -> Follow<'t> {
+        Follow {
+            checked: sub.room().access_epoch(),
+            held: false,
+            sub,
+            seq: 0,
+            last_id: String::new(),
+        }
+    }
+}
+
+/// Checks access again to every room whose access epoch moved (every room: `all`); the first
+/// room refused and why.
+fn recheck(follows: &mut [Follow<'_>], guard: &Guard, all: bool) -> Option<(usize, &'static str)> {
+    for (i, follow) in follows.iter_mut().enumerate() {
+        let room = follow.sub.room();
+        let epoch = room.access_epoch();
+        if all || epoch != follow.checked {
+            follow.checked = epoch;
+            follow.held = match guard.recheck(room) {
+                Standing::Refused(why) => return Some((i, why)),
+                Standing::Held => true,
+                Standing::Reads => false,
+            };
+        }
+    }
+    None
+}
+
+/// The response head, `retry:`, a `gap` event for each room whose resume id is no longer
+/// held, and what the archive gave the rooms resumed from it (`resumed`, by room: the start the
+/// client asked for and what was found); sets each follow's starting point.
 pub fn opening(
     head: &str,
     retry_ms: usize,
     follows: &mut [Follow<'_>],
     starts: &[Start],
+    resumed: &[Option<(Start, Resumed)>],
 ) -> Vec<u8> {
     let mut out = head.as_bytes().to_vec();
     if retry_ms > 0 {
@@ -113,19 +156,9 @@ pub fn opening(
             Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
             Start::After(id) => match ring.resume_point(id) {
                 Some(seq) => seq,
-                None => {
-                    let json = Json::new()
-                        .str("room", &room.node())
-                        .str("lastEventId", id)
-                        .str(
-                            "reason",
-                            "events after this id are no longer held; some may be missing",
-                        )
-                        .finish();
-                    crate::rooms::frame::push_gap(&mut out, &json);
-                    ring.oldest()
-                }
+                None => gap(&mut out, &room.node(), ring.oldest(), id),
             },
+            Start::Unknown(id) => gap(&mut out, &room.node(), ring.oldest(), id),
         };
         follow.last_id = match start {
             Start::After(id) if ring.resume_point(id).is_some() => id.clone(),
@@ -136,7 +169,57 @@ pub fn opening(
                 .map_or_else(String::new, |e| e.id.to_string()),
         };
     }
+    // Rooms resumed from their archive stand at the id the client gave until their archived
+    // messages are written, each with the composite id it makes.
+    for (follow, resumed) in follows.iter_mut().zip(resumed) {
+        if let Some((Start::After(asked), _)) = resumed {
+            follow.last_id = asked.clone();
+        }
+    }
+    for (i, resumed) in resumed.iter().enumerate() {
+        let Some((Start::After(asked), found)) = resumed else {
+            continue;
+        };
+        let node = follows[i].sub.room().node();
+        for m in &found.events {
+            follows[i].last_id = m.id.to_string();
+            push_id(&mut out, follows);
+            out.extend_from_slice(&m.event.multi(&node));
+        }
+        if found.short {
+            crate::rooms::frame::push_gap(&mut out, &Resumed::gap_json(asked, Some(&node)));
+        }
+    }
     out
+}
+
+/// Appends the `id:` line naming where every room of the stream stands.
+fn push_id(buf: &mut Vec<u8>, follows: &[Follow<'_>]) {
+    let nodes: Vec<_> = follows.iter().map(|f| f.sub.room().node()).collect();
+    let id = composite(
+        nodes
+            .iter()
+            .zip(follows.iter())
+            .map(|(node, f)| (&**node, f.last_id.as_str())),
+    );
+    buf.extend_from_slice(b"id: ");
+    buf.extend_from_slice(id.as_bytes());
+    buf.push(b'\n');
+}
+
+/// Appends the `gap` event of one room whose resume id is not held; returns `oldest`, where
+/// that room then starts.
+fn gap(out: &mut Vec<u8>, node: &str, oldest: u64, id: &str) -> u64 {
+    let json = Json::new()
+        .str("room", node)
+        .str("lastEventId", id)
+        .str(
+            "reason",
+            "events after this id are no longer held; some may be missing",
+        )
+        .finish();
+    crate::rooms::frame::push_gap(out, &json);
+    oldest
 }
 
 /// Appends pending events, oldest first across rooms, until `buf` holds [`BUFFER`] bytes.
@@ -170,16 +253,7 @@ fn fill(follows: &mut [Follow<'_>], mask: u8, buf: &mut Vec<u8>) -> Result<(), (
             entry.multi_frame(&room.node())
         };
         follows[i].seq += 1;
-        let nodes: Vec<_> = follows.iter().map(|f| f.sub.room().node()).collect();
-        let id = composite(
-            nodes
-                .iter()
-                .zip(follows.iter())
-                .map(|(node, f)| (&**node, f.last_id.as_str())),
-        );
-        buf.extend_from_slice(b"id: ");
-        buf.extend_from_slice(id.as_bytes());
-        buf.push(b'\n');
+        push_id(buf, follows);
         buf.extend_from_slice(&frame);
     }
     Ok(())
@@ -192,17 +266,22 @@ enum Woke {
     Shutdown,
 }
 
-/// Streams the merged rooms until the client leaves, falls behind, every room is gone, or
+/// Streams the merged rooms until the client leaves, falls behind, every room is gone, access
+/// to one of them is withdrawn (the whole stream ends: `status: forbidden` naming the room), or
 /// shutdown.
 pub async fn stream(
     follows: &mut [Follow<'_>],
     socket: &Async<TcpStream>,
     opening: Vec<u8>,
     mask: u8,
+    guard: &Guard,
 ) -> Ended {
     let Some(stats) = follows.first().map(|f| f.sub.stats()) else {
         return Ended::Shutdown;
     };
+    if let Some((_, why)) = recheck(follows, guard, true) {
+        return Ended::Forbidden(why);
+    }
     let mut writer = socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -213,8 +292,21 @@ pub async fn stream(
     let mut sent = 0;
     let mut beats = follows[0].sub.heartbeat();
     loop {
+        if let Some((i, why)) = recheck(follows, guard, false) {
+            // What the buffer holds was read before the change: it is dropped, not sent.
+            let between = sent == 0 || sent == buf.len();
+            let node = follows[i].sub.room().node();
+            return super::sse::forbid(socket, between, Some(&node), why, stats).await;
+        }
+        // A room whose flags are being read again holds the whole stream (events go out in
+        // publication order across rooms), the buffer included.
+        let held = follows.iter().any(|f| f.held);
+        if held && follows.iter().any(|f| f.seq < f.sub.room().ring().oldest()) {
+            count(&stats.dropped_slow, 1);
+            return Ended::Lapped;
+        }
         let closing = follows[0].sub.closing();
-        if sent == buf.len() {
+        if !held && sent == buf.len() {
             buf.clear();
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
@@ -223,7 +315,7 @@ pub async fn stream(
             }
         }
         let mut want_write = false;
-        if sent < buf.len() {
+        if !held && sent < buf.len() {
             match socket.get_ref().write(&buf[sent..]) {
                 Ok(0) => return Ended::ClientGone,
                 Ok(n) => {
@@ -248,7 +340,7 @@ pub async fn stream(
         {
             return Ended::RoomGone;
         }
-        match wait(follows, socket, want_write, beats).await {
+        match wait(follows, socket, want_write, held, beats).await {
             Woke::Retry | Woke::Shutdown => {}
             Woke::Heartbeat => {
                 beats = follows[0].sub.heartbeat();
@@ -265,10 +357,13 @@ pub async fn stream(
     }
 }
 
+/// Sleeps until there is something to do; `held`: new events are no reason to wake (see
+/// [`Follow::held`]).
 async fn wait(
     follows: &[Follow<'_>],
     socket: &Async<TcpStream>,
     want_write: bool,
+    held: bool,
     beats: u64,
 ) -> Woke {
     std::future::poll_fn(|cx| {
@@ -277,8 +372,11 @@ async fn wait(
         }
         for follow in follows {
             follow.sub.register(cx.waker());
+            if follow.sub.room().access_epoch() != follow.checked {
+                return Poll::Ready(Woke::Retry);
+            }
             let ring = follow.sub.room().ring();
-            if follow.seq < ring.oldest() || (!want_write && ring.head() > follow.seq) {
+            if follow.seq < ring.oldest() || (!want_write && !held && ring.head() > follow.seq) {
                 return Poll::Ready(Woke::Retry);
             }
         }
@@ -302,18 +400,31 @@ mod tests {
 
     #[test]
     fn composite_ids_round_trip() {
-        let id = composite([("lobby", "abc-1"), ("caf&é", "x=y"), ("empty", "")].into_iter());
-        assert_eq!(id, "lobby=abc-1&caf%26%C3%A9=x%3Dy&empty=");
+        let id = composite([("lobby", "abc-1"), ("café", "x~2"), ("empty", "")].into_iter());
+        assert_eq!(id, "lobby=abc-1&caf%C3%A9=x~2&empty=");
         let parts = parse_composite(&id).unwrap();
         assert_eq!(
             parts,
             vec![
                 ("lobby".into(), "abc-1".into()),
-                ("caf&é".into(), "x=y".into()),
+                ("café".into(), "x~2".into()),
                 ("empty".into(), "".into())
             ]
         );
         assert!(parse_composite("plain-id").is_none());
+        for hostile in [
+            "lobby=%01",
+            "lobby=x%EF%BF%BE",
+            "lobby=a%0Ab",
+            "%01=abc",
+            "lo%2Fbby=abc",
+            "lobby=abc&news",
+            "lobby=a~b",
+        ] {
+            assert!(parse_composite(hostile).is_none(), "{hostile}");
+        }
+        assert!(parse_composite(&vec!["a=1"; MAX_PARTS + 1].join("&")).is_none());
+        assert!(parse_composite(&vec!["a=1"; MAX_PARTS].join("&")).is_some());
     }
 
     #[test]
@@ -329,5 +440,11 @@ mod tests {
             ]
         );
         assert_eq!(starts(&nodes, &Start::Last(3)), vec![Start::Last(3); 3]);
+        let s = starts(&nodes, &Start::After("abc-1".into()));
+        assert_eq!(
+            s,
+            vec![Start::Unknown("abc-1".into()); 3],
+            "not a composite id"
+        );
     }
 }

@@ -7,16 +7,17 @@
 //! and a `Content-Security-Policy` allowing only this origin's own script and style backs that
 //! up. Every page and asset has an `ETag` and answers `If-None-Match` with `304`.
 //!
-//! The pages obey the streams' access rules ([`super::access`]): a room this request may not
-//! read shows on the index without its subject, occupants or last message, and its live view
-//! is `403`. The pages pass their own `?token=` on (to the links, and from the live view to its
+//! The pages obey the streams' access rules ([`super::access`]): the index, `/metrics` and
+//! `/healthz` name only the rooms this request may read (the operator's `status_token` shows
+//! every room, those it may not read without their subject, occupants or last message), and a
+//! live view the request may not read is `403` (`404` for an on-demand room). The pages pass their own `?token=` on (to the links, and from the live view to its
 //! `EventSource`), so one URL with a token opens everything that token opens.
 //! Pure, like [`super::routes`]: no I/O.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::access::{self, Access};
-use super::request::{Head, Method, percent_decode, query_values};
+use super::request::{Head, Method, percent_decode, percent_encode, query_values};
 use super::routes::Reply;
 use super::{health, metrics};
 use crate::config::Config;
@@ -58,9 +59,9 @@ pub fn route_extra(head: &Head, table: &RoomTable, config: &Config) -> Option<Re
     } else if let Some(name) = path.strip_prefix("/assets/") {
         asset(head, name)
     } else if path == "/healthz" {
-        health::reply(table)
+        health::reply(table, &|room| listed(head, config, room))
     } else if path == "/metrics" {
-        metrics::reply(table)
+        metrics::reply(table, &|room| listed(head, config, room))
     } else {
         return None;
     };
@@ -98,12 +99,22 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
         subs = table.subscriber_count(),
         s2 = plural(table.subscriber_count() as u64),
     ));
+    let operator = access::operator(config, head);
+    let mut shown = 0;
     for (_, room) in table.active() {
         let open = access::check(config, room, head) == Access::Allow;
-        index_row(&mut html, room, open, &token, now);
+        if open || operator {
+            index_row(&mut html, room, open, &token, now);
+            shown += 1;
+        }
     }
     if table.active().next().is_none() {
         html.push_str("<tr><td colspan=\"6\" class=\"dim\">No rooms are configured.</td></tr>\n");
+    } else if shown == 0 {
+        html.push_str(
+            "<tr><td colspan=\"6\" class=\"dim\">No room is open without a read token \
+             (add ?token=…).</td></tr>\n",
+        );
     }
     html.push_str(&format!(
         "</tbody></table>\n<footer class=\"dim\">muc-eventsource {} · \
@@ -114,11 +125,18 @@ pub fn index(head: &Head, table: &RoomTable, config: &Config, now: SystemTime) -
     page(head, HTML, html.into_bytes())
 }
 
+/// Does this request see `room` on the pages (`/`, `/metrics`, `/healthz`)? The operator
+/// (`status_token`) sees every room; anyone else the rooms they may stream, so a page never
+/// names a room its reader could not open (a hidden room's name is often its secret).
+pub fn listed(head: &Head, config: &Config, room: &Room) -> bool {
+    access::operator(config, head) || access::check(config, room, head) == Access::Allow
+}
+
 /// One room's row; `open`: this request may read the room, so its subject, occupants and last
 /// message are shown.
 fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: SystemTime) {
     let info = room.info.borrow();
-    let node = encode_component(&room.node());
+    let node = percent_encode(&room.node());
     let (class, state) = state_text(room.state());
     let mut flags = Vec::new();
     if info.known {
@@ -178,10 +196,18 @@ fn index_row(html: &mut String, room: &Room, open: bool, token: &str, now: Syste
 /// The live view of one room; `404` for a room not served, `403` for one this request may not
 /// read.
 pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> Reply {
+    let not_served = || Reply::text(404, "no such room is served here\n");
     let Some(index) = percent_decode(encoded).and_then(|node| table.find_node(&node)) else {
-        return Reply::text(404, "no such room is served here\n");
+        return not_served();
     };
     let room = table.room(index);
+    // An on-demand room (or one retired) is named to no one who may not read it.
+    if room.is_free()
+        || (room.origin() == crate::rooms::table::Origin::OnDemand
+            && access::check(config, room, head) != Access::Allow)
+    {
+        return not_served();
+    }
     let open = match access::check(config, room, head) {
         Access::Allow => true,
         // Not known yet whether the room is public: the page, without what it would reveal.
@@ -229,7 +255,7 @@ pub fn view(head: &Head, table: &RoomTable, config: &Config, encoded: &str) -> R
         js = version(VIEW_JS),
         kiosk = if kiosk { " kiosk" } else { "" },
         node = escape(&room.node()),
-        encoded = encode_component(&room.node()),
+        encoded = percent_encode(&room.node()),
         jid = escape(&room.jid()),
         subject = escape(&subject),
         reason = escape(reason),
@@ -307,7 +333,7 @@ pub fn etag_matches(if_none_match: &str, tag: &str) -> bool {
 /// `?token=…` to append to the index's links when the index itself was opened with one.
 fn token_suffix(head: &Head) -> String {
     match query_values(&head.query, "token").next() {
-        Some(t) if !t.is_empty() => format!("?token={}", encode_component(&t)),
+        Some(t) if !t.is_empty() => format!("?token={}", percent_encode(&t)),
         _ => String::new(),
     }
 }
@@ -341,20 +367,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (a path segment or a query
-/// value).
-pub fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `text` cut to at most `max` characters, with `…` when cut.
 fn cut(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
@@ -365,28 +377,7 @@ fn cut(text: &str, max: usize) -> String {
 
 /// `2026-11-27T03:10:48Z`.
 pub fn utc_iso(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    format!("{}Z", crate::rooms::feed::utc_stamp(at))
 }
 
 /// `just now`, `5 min ago`, `3 h ago`, `2 days ago`.
@@ -603,13 +594,44 @@ mod tests {
     fn pages_obey_the_access_rules() {
         let t = table();
         t.room(0).info.borrow_mut().subject = "secret plans".into();
-        let c = config("token.lobby = s3cret\n");
+        let c = config("token.lobby = s3cret\nstatus_token = op-t0k\n");
         let html = body(&get_with("GET / HTTP/1.1\r\n\r\n", &t, &c).unwrap());
         assert!(!html.contains("secret plans"), "{html}");
-        assert!(html.contains("needs a read token"));
+        assert!(
+            !html.contains("lobby"),
+            "a room anonymous readers cannot open is not named"
+        );
         assert!(
             html.contains("href=\"view/caf%C3%A9\""),
             "the public room is listed"
+        );
+        // The operator sees every room, without what it may not read.
+        let html = body(&get_with("GET /?token=op-t0k HTTP/1.1\r\n\r\n", &t, &c).unwrap());
+        assert!(
+            html.contains("lobby") && html.contains("needs a read token"),
+            "{html}"
+        );
+        assert!(!html.contains("secret plans"), "{html}");
+        let metrics = |req: &str| body(&get_with(req, &t, &c).unwrap());
+        let anonymous = metrics("GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(!anonymous.contains("lobby"), "{anonymous}");
+        assert!(
+            anonymous.contains("muc_eventsource_private_rooms 1"),
+            "{anonymous}"
+        );
+        let operator = metrics("GET /metrics HTTP/1.1\r\nAuthorization: Bearer op-t0k\r\n\r\n");
+        assert!(
+            operator.contains("room_joined{room=\"lobby\"}"),
+            "{operator}"
+        );
+        assert!(
+            operator.contains("muc_eventsource_private_rooms 0"),
+            "{operator}"
+        );
+        let health = metrics("GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(
+            health.contains("1 unlisted room not joined") && !health.contains("lobby"),
+            "{health}"
         );
         let r = get_with("GET /view/lobby HTTP/1.1\r\n\r\n", &t, &c).unwrap();
         assert_eq!(r.status, 403);
@@ -643,11 +665,11 @@ mod tests {
 
     #[test]
     fn dates_and_durations() {
-        let at = UNIX_EPOCH + Duration::from_secs(1_795_749_048);
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_749_048);
         assert_eq!(utc_iso(at), "2026-11-27T03:10:48Z");
-        assert_eq!(utc_iso(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(
-            utc_iso(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            utc_iso(std::time::UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
         assert_eq!(ago(Duration::from_secs(5)), "just now");
@@ -655,6 +677,6 @@ mod tests {
         assert_eq!(ago(Duration::from_secs(86_400)), "1 day ago");
         assert_eq!(cut("héllo", 2), "hé…");
         assert_eq!(cut("hé", 2), "hé");
-        assert_eq!(encode_component("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
     }
 }

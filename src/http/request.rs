@@ -130,6 +130,20 @@ pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = S
     })
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (a path segment or a query
+/// value); [`percent_decode`] reverses it.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes; `None` if an escape is broken or the result is not UTF-8.
 pub fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();

@@ -5,8 +5,9 @@ use super::multi;
 use super::request::{Head, Method, Reject, percent_decode, query_values};
 use crate::config::Config;
 use crate::rooms::frame::Json;
+use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, ROOM_MISSING, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
 
 /// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
 /// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
@@ -28,8 +29,12 @@ Connection: close\r\n\r\n"
 pub enum Start {
     /// With the next event.
     Live,
-    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`).
+    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`): an id in a shape
+    /// this daemon issues (`rooms::resume`; a composite id for a stream of several rooms).
     After(String),
+    /// After an id this daemon cannot have issued: the stream says `gap` and starts with the
+    /// oldest event held. Such an id is never looked up anywhere else.
+    Unknown(String),
     /// With the last `n` events held (`?history=n`).
     Last(usize),
     /// With this ring sequence number (after messages fetched from the room's archive).
@@ -221,9 +226,26 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         ));
     };
     let Some(index) = table.find_node(&node) else {
-        return reply(Reply::text(404, "no such room is served here\n"));
+        return reply(not_served());
     };
     let room = table.room(index);
+    if room.origin() == Origin::OnDemand {
+        // Asked for on demand: the daemon has not acted for anyone yet. A room this request
+        // may not read (hidden, members-only, password, missing, or refused by the global
+        // token) answers exactly as a name the table does not hold, so none can be told apart.
+        let credential = access::Credential::of(head, config);
+        if !access::passes_global(config, &credential)
+            || room.state() == JoinState::Failed(ROOM_MISSING)
+        {
+            return reply(not_served());
+        }
+        if !room.info.borrow().known {
+            return Route::NotReady(try_later(head, &cors, "the room is being looked up", 5));
+        }
+        if access::check_with(config, room, &credential) != Access::Allow {
+            return reply(not_served());
+        }
+    }
     if room.state() == JoinState::Failed(ROOM_MISSING) {
         // The MUC service says so (disco#info); the room is never created by us.
         return reply(Reply::text(404, "no such room on the MUC service\n"));
@@ -247,7 +269,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     }
     Route::Stream {
         room: index,
-        start: start(head),
+        start: start(head, false),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(&cors),
     }
@@ -258,11 +280,14 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
-            return Err(Reply::text(
-                404,
-                format!("no room `{node}` is served here\n"),
-            ));
+            return Err(not_served());
         };
+        let room = table.room(index);
+        // On-demand rooms are added by single-room requests only; one this request may not
+        // read (or not yet known) answers as a name never asked for.
+        if room.origin() == Origin::OnDemand && access::check(config, room, head) != Access::Allow {
+            return Err(not_served());
+        }
         if !rooms.contains(&index) {
             rooms.push(index);
         }
@@ -301,11 +326,20 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
     }
     Ok(Route::Multi {
         rooms,
-        start: start(head),
+        start: start(head, true),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(cors),
     })
 }
+
+/// The answer for a room name the table does not hold, and for an on-demand room this request
+/// may not read (see [`route`]).
+fn not_served() -> Reply {
+    Reply::text(404, "no such room is served here\n")
+}
+
+/// The reason an on-demand entry nobody may read is retired with (its name is then forgotten).
+pub const ON_DEMAND_RETIRED: &str = "nobody reads this on-demand room";
 
 /// The event kinds a stream gets: `base` plus those named in `?events=join,leave`.
 fn mask(head: &Head, base: u8) -> u8 {
@@ -318,14 +352,26 @@ fn mask(head: &Head, base: u8) -> u8 {
         .fold(base, |m, k| m | k)
 }
 
-fn start(head: &Head) -> Start {
+/// Where a stream starts: a resume id (`Last-Event-ID` wins over `?lastEventId=`) is taken
+/// only in a shape this daemon issues, a composite one for a stream of several rooms (`multi`);
+/// any other is [`Start::Unknown`].
+pub fn start(head: &Head, multi: bool) -> Start {
     let id = head
         .last_event_id
         .clone()
         .or_else(|| query_values(&head.query, "lastEventId").next())
         .filter(|id| !id.is_empty());
     if let Some(id) = id {
-        return Start::After(id);
+        let known = if multi {
+            multi::parse_composite(&id).is_some()
+        } else {
+            EventId::parse(&id).is_some()
+        };
+        return if known {
+            Start::After(id)
+        } else {
+            Start::Unknown(id)
+        };
     }
     match query_values(&head.query, "history")
         .next()
@@ -449,6 +495,47 @@ mod tests {
             start("GET /eventsource/lobby?history=x HTTP/1.1\r\n\r\n"),
             Start::Live
         );
+        // Ids in no shape the daemon issues are unknown, whichever way they come.
+        for (query, header, id) in [
+            ("?lastEventId=%01", "", "\u{1}"),
+            ("?lastEventId=%1b%5b2J", "", "\u{1b}[2J"),
+            ("?lastEventId=a%0Ab", "", "a\nb"),
+            ("?lastEventId=x~5~5", "", "x~5~5"),
+            ("", "Last-Event-ID: x\u{fffe}\r\n", "x\u{fffe}"),
+            ("", "Last-Event-ID: lobby=abc\r\n", "lobby=abc"),
+        ] {
+            assert_eq!(
+                start(&format!(
+                    "GET /eventsource/lobby{query} HTTP/1.1\r\n{header}\r\n"
+                )),
+                Start::Unknown(id.into()),
+                "{query} {header}"
+            );
+        }
+        for id in ["x~5", "~3", "8A46VJWqkYPaAFxkY_vLKDTL~2"] {
+            assert_eq!(
+                start(&format!(
+                    "GET /eventsource/lobby?lastEventId={id} HTTP/1.1\r\n\r\n"
+                )),
+                Start::After(id.into())
+            );
+        }
+        let multi = |req: &str| match answer(req) {
+            Route::Multi { start, .. } => start,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=lobby%3Dabc-1 HTTP/1.1\r\n\r\n"),
+            Start::After("lobby=abc-1".into())
+        );
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=abc-1 HTTP/1.1\r\n\r\n"),
+            Start::Unknown("abc-1".into())
+        );
+        assert_eq!(
+            multi("GET /eventsource?room=lobby&lastEventId=lobby%3D%2501 HTTP/1.1\r\n\r\n"),
+            Start::Unknown("lobby=%01".into())
+        );
     }
 
     #[test]
@@ -465,6 +552,67 @@ mod tests {
     }
 
     #[test]
+    fn on_demand_rooms_nobody_may_read_answer_as_missing_ones() {
+        let t = RoomTable::new(4, 4, 4096, 4);
+        let c = crate::config::parse(
+            "t",
+            "component = s.l\nsecret = x\nmuc = c.l\nrooms = lobby\non_demand = yes\n",
+        )
+        .unwrap();
+        let hidden = t.add("hidden", "c.l", Origin::OnDemand).unwrap();
+        let missing = t.add("missing", "c.l", Origin::OnDemand).unwrap();
+        let ask = |path: &str| {
+            let req = format!("GET {path} HTTP/1.1\r\n\r\n");
+            route(&parse(req.as_bytes()).unwrap().unwrap(), &t, &c)
+        };
+        assert!(
+            matches!(ask("/eventsource/hidden"), Route::NotReady(_)),
+            "disco#info first"
+        );
+        t.room(hidden).info.borrow_mut().known = true;
+        t.set_state(missing, JoinState::Failed(ROOM_MISSING));
+        let (Route::Reply(a), Route::Reply(b)) =
+            (ask("/eventsource/hidden"), ask("/eventsource/missing"))
+        else {
+            panic!("replies expected")
+        };
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert_eq!(a.status, 404);
+        assert_eq!(
+            t.stats().rejected_forbidden.get(),
+            0,
+            "not counted: /metrics would tell"
+        );
+        let multi = |path: &str| match ask(path) {
+            Route::Reply(r) => (
+                r.status,
+                String::from_utf8(r.body)
+                    .unwrap()
+                    .replace(path.rsplit('=').next().unwrap(), "X"),
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            multi("/eventsource?room=hidden"),
+            multi("/eventsource?room=nosuch")
+        );
+        t.retire(hidden, ON_DEMAND_RETIRED);
+        t.forget(hidden);
+        let Route::Reply(retired) = ask("/eventsource/hidden") else {
+            panic!("a reply")
+        };
+        assert_eq!(retired.to_bytes(), b.to_bytes());
+        // Public and known: streamed.
+        let public = t.add("open", "c.l", Origin::OnDemand).unwrap();
+        {
+            let mut info = t.room(public).info.borrow_mut();
+            info.known = true;
+            info.public = true;
+        }
+        assert!(matches!(ask("/eventsource/open"), Route::Stream { .. }));
+    }
+
+    #[test]
     fn several_rooms_on_one_stream() {
         match answer("GET /eventsource?room=caf%C3%A9&room=lobby&room=lobby HTTP/1.1\r\n\r\n") {
             Route::Multi { rooms, start, .. } => {
@@ -474,6 +622,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(status("GET /eventsource?room=nope HTTP/1.1\r\n\r\n"), 404);
+        match answer("GET /eventsource?room=x%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\n\r\n") {
+            Route::Reply(r) => {
+                assert_eq!(r.status, 404);
+                let body = String::from_utf8(r.body).unwrap();
+                // Never echoed: the same answer as for any room not served.
+                assert_eq!(body, "no such room is served here\n");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(status("GET /eventsource HTTP/1.1\r\n\r\n"), 400);
     }
 

@@ -15,10 +15,14 @@ use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 
+use super::access::{self, Guard};
 use super::request::{self, Head, Reject};
 use super::routes::{self, Reply, Route};
 use super::{multi, sse};
 use crate::config::Config;
+use crate::logger::Shown;
+use crate::rooms::archive::Resumed;
+use crate::rooms::resume;
 use crate::rooms::table::{Origin, RoomTable, count};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -243,24 +247,32 @@ async fn connection(
         Err(Some(Err(_))) => return,
     };
     // With `on_demand`, a stream of a room the table does not hold yet gives it an entry; the
-    // XMPP side checks it exists (never creating it) and joins it.
-    if config.on_demand
+    // XMPP side asks its disco#info (never creating it), and the route waits for that to
+    // decide. Not for a request the global token refuses anyway.
+    let on_demand = if config.on_demand
         && let Some(node) = head
             .path
             .strip_prefix("/eventsource/")
             .and_then(super::request::percent_decode)
-        && server.table.find_node(&node).is_none()
-        && crate::config::check_room_node(&node).is_ok()
         && server
             .table
-            .add(&node, &config.muc, Origin::OnDemand)
-            .is_none()
+            .find_node(&node)
+            .is_none_or(|i| server.table.room(i).is_free())
+        && crate::config::check_room_node(&node).is_ok()
+        && access::passes_global(config, &access::Credential::of(&head, config))
     {
-        server.warn_limited(&format!(
-            "room table full (max_rooms = {}): cannot add {node} on demand; raise max_rooms",
-            config.max_rooms
-        ));
-    }
+        let added = server.table.add(&node, &config.muc, Origin::OnDemand);
+        if added.is_none() {
+            server.warn_limited(&format!(
+                "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
+                config.max_rooms,
+                Shown(&node)
+            ));
+        }
+        added
+    } else {
+        None
+    };
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
     // than turn the client away at once.
     let deadline = Instant::now() + SYNC_WAIT;
@@ -272,12 +284,15 @@ async fn connection(
         Timer::after(Duration::from_millis(50)).await;
         route = routes::route(&head, server.table, config);
     }
+    if let Some(index) = on_demand {
+        retire_unread(server.table, index, &route);
+    }
     match route {
         Route::Reply(reply) | Route::NotReady(reply) => {
             log::debug!(
                 "{peer}: {:?} {} -> {}",
                 head.method,
-                head.path,
+                Shown(&head.path),
                 reply.status
             );
             send(&socket, &reply.to_bytes()).await;
@@ -289,24 +304,35 @@ async fn connection(
             head: stream_head,
         } => {
             let room_index = room;
-            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
-                return;
-            }
+            // Subscribed before waiting for the room to be joined: an on-demand room is joined
+            // only while it has a subscriber.
             let Some(sub) = server.table.subscribe(room) else {
                 Box::pin(table_full(server, &socket, &head, peer)).await;
                 return;
             };
+            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
+                return;
+            }
             let room = sub.room();
             log::debug!(
                 "{peer}: subscribed to {} ({} subscribers)",
                 room.jid(),
                 room.subscribers()
             );
-            let (start, archived) = Box::pin(from_archive(server.table, room_index, start)).await;
+            let asked = match &start {
+                routes::Start::After(id) => id.clone(),
+                _ => String::new(),
+            };
+            let (start, resumed) = Box::pin(from_archive(server.table, room_index, start)).await;
+            let archived = archived_bytes(resumed, &asked);
             let (mut opening, first) =
                 sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
             opening.extend_from_slice(&archived);
             stream_socket(&socket, config);
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
             // The stream runs as a task of its own holding only what it needs, so nothing of
             // this (much larger) request-handling future stays allocated per subscriber.
             let room = room.jid();
@@ -314,7 +340,7 @@ async fn connection(
             executor
                 .spawn(async move {
                     let _per_ip = per_ip;
-                    let ended = sse::stream(&sub, socket, opening, first, mask).await;
+                    let ended = sse::stream(&sub, socket, opening, first, mask, &guard).await;
                     match ended {
                         sse::Ended::Lapped => log::debug!(
                             "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",
@@ -342,9 +368,6 @@ async fn connection(
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
-            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
-                return;
-            }
             let _multi = Pending::new(&server.multi_streams);
             let mut follows = Vec::with_capacity(rooms.len());
             for &room in &rooms {
@@ -353,16 +376,28 @@ async fn connection(
                     Box::pin(table_full(server, &socket, &head, peer)).await;
                     return;
                 };
-                follows.push(multi::Follow {
-                    sub,
-                    seq: 0,
-                    last_id: String::new(),
-                });
+                follows.push(multi::Follow::new(sub));
+            }
+            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
+                return;
             }
             let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
             let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
-            let starts = multi::starts(&nodes, &start);
-            let opening = multi::opening(&stream_head, config.retry_ms, &mut follows, &starts);
+            let mut starts = multi::starts(&nodes, &start);
+            let mut resumed = Vec::with_capacity(rooms.len());
+            for (i, &room) in rooms.iter().enumerate() {
+                let (start, found) =
+                    Box::pin(from_archive(server.table, room, starts[i].clone())).await;
+                resumed.push(found.map(|found| (starts[i].clone(), found)));
+                starts[i] = start;
+            }
+            let opening = multi::opening(
+                &stream_head,
+                config.retry_ms,
+                &mut follows,
+                &starts,
+                &resumed,
+            );
             stream_socket(&socket, config);
             log::debug!(
                 "{peer}: subscribed to {} rooms: {}",
@@ -371,9 +406,30 @@ async fn connection(
             );
             // Boxed, like the other rare paths: a connection's future is as large as its largest
             // state, and it lives as long as the stream.
-            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask)).await;
+            let guard = Guard {
+                settings: server.settings,
+                credential: access::Credential::of(&head, config),
+            };
+            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask, &guard)).await;
             log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
         }
+    }
+}
+
+/// An on-demand entry this request added whose answer is "no such room" (the room is missing,
+/// or this request may not read it) or "try later" is retired unless someone reads it: the
+/// daemon does not stay in a room for a refused request, and `/` never lists it.
+fn retire_unread(table: &RoomTable, index: usize, route: &Route) {
+    let room = table.room(index);
+    let refused = match route {
+        Route::Reply(reply) => reply.status == 404,
+        // Not looked up in time (the upstream may be down): asked again, it is added again.
+        Route::NotReady(_) => true,
+        _ => false,
+    };
+    if refused && room.origin() == Origin::OnDemand && room.subscribers() == 0 {
+        table.retire(index, routes::ON_DEMAND_RETIRED);
+        table.forget(index);
     }
 }
 
@@ -381,24 +437,33 @@ async fn connection(
 const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// A resume from an id the ring no longer holds, in a room with an archive (MAM): the messages
-/// after that id are fetched from the archive and sent first, then the ring from where the
-/// archive meets it. Returns where the ring part starts and the archived events' bytes. Anything
-/// else (no archive, no answer, the id unknown to the archive too) leaves `start` as it is,
-/// and the stream says `gap`.
+/// after that id are fetched from the archive, to be sent first, then the ring from where the
+/// archive meets it. Returns where the ring part starts and what the archive gave. Only a
+/// stanza-id in the shape of the room's own goes to the archive, stripped of a named event's
+/// `~<n>` (`rooms::resume::archive_after`); anything else (no archive, an empty or minted base,
+/// a foreign id, no answer, the id unknown to the archive too) leaves `start` as it is, and the
+/// stream says `gap`.
 async fn from_archive(
     table: &RoomTable,
     room: usize,
     start: routes::Start,
-) -> (routes::Start, Vec<u8>) {
+) -> (routes::Start, Option<Resumed>) {
     let routes::Start::After(id) = &start else {
-        return (start, Vec::new());
+        return (start, None);
     };
     let r = table.room(room);
-    if r.ring().resume_point(id).is_some() || !r.info.borrow().mam {
-        return (start, Vec::new());
+    if r.ring().resume_point(id).is_some() {
+        return (start, None);
     }
-    let Some(found) = table.archive.fetch(room, id, ARCHIVE_WAIT).await else {
-        return (start, Vec::new());
+    let after = {
+        let info = r.info.borrow();
+        match resume::archive_after(id, &info.stanza_shapes) {
+            Some(after) if info.mam => after,
+            _ => return (start, None),
+        }
+    };
+    let Some(found) = table.archive.fetch(room, after, ARCHIVE_WAIT).await else {
+        return (start, None);
     };
     let ring = r.ring();
     // The first archived message the ring also holds is where the ring takes over.
@@ -406,32 +471,37 @@ async fn from_archive(
         .messages
         .iter()
         .position(|m| ring.find_id(&m.id).is_some());
-    let mut bytes = Vec::new();
-    for m in &found.messages[..meet.unwrap_or(found.messages.len())] {
-        bytes.extend_from_slice(&m.frame);
-    }
+    let next = match meet {
+        Some(i) => ring.find_id(&found.messages[i].id).unwrap_or(ring.oldest()),
+        None => ring.oldest(),
+    };
+    let mut events = found.messages;
+    events.truncate(meet.unwrap_or(events.len()));
     log::debug!(
         "{}: resumed {} messages from the archive",
         r.jid(),
-        meet.unwrap_or(found.messages.len())
+        events.len()
     );
-    let next = match meet {
-        Some(i) => ring.find_id(&found.messages[i].id).unwrap_or(ring.oldest()),
-        None => {
-            if !found.complete {
-                let json = crate::rooms::frame::Json::new()
-                    .str("lastEventId", id)
-                    .str(
-                        "reason",
-                        "the archive holds more messages than one resume fetches; some may be missing",
-                    )
-                    .finish();
-                crate::rooms::frame::push_gap(&mut bytes, &json);
-            }
-            ring.oldest()
-        }
+    let short = meet.is_none() && !found.complete;
+    (
+        routes::Start::FromSeq(next),
+        Some(Resumed { events, short }),
+    )
+}
+
+/// The bytes a single-room stream sends for what the archive gave a resume from `id`.
+fn archived_bytes(resumed: Option<Resumed>, id: &str) -> Vec<u8> {
+    let Some(resumed) = resumed else {
+        return Vec::new();
     };
-    (routes::Start::FromSeq(next), bytes)
+    let mut bytes = Vec::new();
+    for m in &resumed.events {
+        bytes.extend_from_slice(&m.event.frame);
+    }
+    if resumed.short {
+        crate::rooms::frame::push_gap(&mut bytes, &Resumed::gap_json(id, None));
+    }
+    bytes
 }
 
 /// How long a resuming client may wait for its rooms to finish joining.

@@ -18,12 +18,13 @@ use std::task::Poll;
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
+use super::access::{Guard, Standing};
 use super::routes::Start;
 use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::{JoinState, Mode, RoomTable, Subscription, count};
+use crate::rooms::table::{JoinState, Mode, RoomTable, Stats, Subscription, count};
 
 impl Outlet for Async<TcpStream> {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -41,6 +42,9 @@ pub enum Ended {
     Shutdown,
     /// The room was destroyed; its last event said so.
     RoomGone,
+    /// The stream may no longer read its room (its flags, a token or the policy changed); its
+    /// last event said so.
+    Forbidden(&'static str),
     Error(io::Error),
 }
 
@@ -65,33 +69,88 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
         Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
         Start::After(id) => match ring.resume_point(id) {
             Some(seq) => seq,
-            None => {
-                let json = Json::new()
-                    .str("lastEventId", id)
-                    .str(
-                        "reason",
-                        "events after this id are no longer held; some may be missing",
-                    )
-                    .num("resumingWith", ring.len() as u64)
-                    .finish();
-                crate::rooms::frame::push_gap(&mut out, &json);
-                ring.oldest()
-            }
+            None => gap(&mut out, ring, id),
         },
+        Start::Unknown(id) => gap(&mut out, ring, id),
     };
     (out, seq)
 }
 
+/// Appends the `gap` event for a client that resumed from `id`; the stream then starts with the
+/// oldest event held.
+fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
+    let json = Json::new()
+        .str("lastEventId", id)
+        .str(
+            "reason",
+            "events after this id are no longer held; some may be missing",
+        )
+        .num("resumingWith", ring.len() as u64)
+        .finish();
+    crate::rooms::frame::push_gap(out, &json);
+    ring.oldest()
+}
+
+/// How long the last `status: forbidden` event may take to go out.
+const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends a stream whose reader may no longer read what it streams: a last `event: status` with
+/// `{"status":"forbidden","reason":…}` (`"room"` first for a multi-room stream; no `id:`, so
+/// the client's last id stays), written within [`LAST_WORD`], unless an event is half-written
+/// (`between_events` false): then the connection just closes.
+pub async fn forbid(
+    socket: &Async<TcpStream>,
+    between_events: bool,
+    room: Option<&str>,
+    why: &'static str,
+    stats: &Stats,
+) -> Ended {
+    if between_events {
+        let json = match room {
+            Some(room) => Json::new().str("room", room),
+            None => Json::new(),
+        }
+        .str("status", "forbidden")
+        .str("reason", why)
+        .finish();
+        let mut frame = b"event: status\ndata: ".to_vec();
+        frame.extend_from_slice(&json);
+        frame.extend_from_slice(b"\n\n");
+        let mut writer = socket;
+        let sent =
+            futures_lite::future::or(async { writer.write_all(&frame).await.is_ok() }, async {
+                async_io::Timer::after(LAST_WORD).await;
+                false
+            })
+            .await;
+        if sent {
+            count(&stats.bytes_out, frame.len() as u64);
+        }
+    }
+    Ended::Forbidden(why)
+}
+
 /// Streams the room of `sub` to `socket` until the client leaves, falls behind, the room is
-/// destroyed, or shutdown. `opening` (from [`opening`]) is written first.
+/// destroyed, its access is withdrawn, or shutdown. `opening` (from [`opening`]) is written
+/// first. Whenever the room's access epoch moves ([`RoomTable::access_changed`]), the stream
+/// checks its access again (`guard`) before writing anything more.
 pub async fn stream(
     sub: &Subscription<'_>,
     socket: Rc<Async<TcpStream>>,
     opening: Vec<u8>,
     first: u64,
     mask: u8,
+    guard: &Guard,
 ) -> Ended {
     sub.attach(socket.clone(), mask, first);
+    // Access may have changed while the request was being answered (archive fetch, waits).
+    let mut checked = sub.room().access_epoch();
+    let mut held = match guard.recheck(sub.room()) {
+        // Nothing sent yet: closing makes an EventSource retry and be refused properly.
+        Standing::Refused(why) => return Ended::Forbidden(why),
+        Standing::Held => true,
+        Standing::Reads => false,
+    };
     let mut writer = &*socket;
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
@@ -101,16 +160,38 @@ pub async fn stream(
     drop(opening);
     let mut beats = sub.heartbeat();
     loop {
+        let epoch = sub.room().access_epoch();
+        if epoch != checked {
+            checked = epoch;
+            held = match guard.recheck(sub.room()) {
+                Standing::Refused(why) => {
+                    let between = sub.cursor().offset == 0;
+                    return forbid(&socket, between, None, why, sub.stats()).await;
+                }
+                Standing::Held => true,
+                Standing::Reads => false,
+            };
+        }
         let closing = sub.closing();
-        let mut cursor = sub.cursor();
-        let wrote = write_pending(
-            &sub.room().ring(),
-            &mut cursor,
-            mask,
-            socket.get_ref(),
-            Some(sub.stats()),
-        );
-        sub.set_cursor(cursor);
+        let wrote = if held {
+            // Nothing is written until the room's flags are known again.
+            if sub.cursor().seq < sub.room().ring().oldest() {
+                Ok(Wrote::Lapped)
+            } else {
+                Ok(Wrote::CaughtUp)
+            }
+        } else {
+            let mut cursor = sub.cursor();
+            let wrote = write_pending(
+                &sub.room().ring(),
+                &mut cursor,
+                mask,
+                socket.get_ref(),
+                Some(sub.stats()),
+            );
+            sub.set_cursor(cursor);
+            wrote
+        };
         if closing {
             // One last non-blocking write, so the shutdown status goes out if it can.
             return Ended::Shutdown;
@@ -132,8 +213,8 @@ pub async fn stream(
             Err(e) => return Ended::Error(e),
         };
         // While the task sleeps, the room table writes new events itself (parked) or only
-        // watches for the ring lapping us (blocked).
-        sub.set_mode(if want_write {
+        // watches for the ring lapping us (blocked, or held).
+        sub.set_mode(if want_write || held {
             Mode::Blocked
         } else {
             Mode::Parked
@@ -233,6 +314,118 @@ pub async fn heartbeat(table: &RoomTable, every: std::time::Duration) {
 mod tests {
     use super::*;
     use crate::rooms::fanout::tests::ring_with;
+    use crate::rooms::ring::{Entry, kind};
+    use crate::rooms::table::Origin;
+
+    /// Reads what the peer has sent within a short while.
+    fn received(client: &mut TcpStream) -> String {
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                out.extend_from_slice(b"<EOF>");
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The whole path of an access change for a parked subscriber, on a real socket: written
+    /// by the fan-out; held (nothing written) while the room's flags are being read again;
+    /// reading again once they allow it; ended with `status: forbidden` once they do not.
+    #[test]
+    fn a_parked_stream_is_held_then_refused_as_its_rooms_access_changes() {
+        let config = crate::config::parse(
+            "t",
+            "component = s.l\nsecret = x\nmuc = c.l\nrooms = lobby\n",
+        )
+        .unwrap();
+        let settings: &'static crate::settings::Settings =
+            Box::leak(Box::new(crate::settings::Settings::new("unused", config)));
+        let table = RoomTable::new(1, 8, 1 << 16, 2);
+        table.add("lobby", "c.l", Origin::Configured);
+        let flags = |known: bool, members_only: bool| {
+            let mut info = table.room(0).info.borrow_mut();
+            info.known = known;
+            info.public = true;
+            info.members_only = members_only;
+        };
+        flags(true, false);
+        let say = |text: &str| {
+            table.publish(0, |seq| {
+                Entry::new(
+                    crate::rooms::frame::Event::raw(
+                        format!("data: {text}\n\n").into_bytes().into(),
+                    ),
+                    table.mint_id(seq),
+                    kind::MESSAGE,
+                )
+            });
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let socket = Rc::new(Async::new(listener.accept().unwrap().0).unwrap());
+        let sub = table.subscribe(0).unwrap();
+        let guard = Guard {
+            settings,
+            credential: Default::default(),
+        };
+        let ex = async_executor::LocalExecutor::new();
+        let task = ex.spawn(stream(
+            &sub,
+            socket,
+            b"OPEN\n\n".to_vec(),
+            0,
+            kind::DEFAULT,
+            &guard,
+        ));
+        let settle = || while ex.try_tick() {};
+        settle();
+        assert_eq!(sub.mode(), Mode::Parked);
+        say("one");
+        assert_eq!(received(&mut client), "OPEN\n\ndata: one\n\n");
+
+        flags(false, false);
+        table.access_changed(Some(0));
+        settle();
+        say("two");
+        settle();
+        assert_eq!(
+            received(&mut client),
+            "",
+            "held while the flags are unknown"
+        );
+        assert_eq!(sub.mode(), Mode::Blocked);
+
+        flags(true, false);
+        table.access_changed(Some(0));
+        settle();
+        assert_eq!(received(&mut client), "data: two\n\n");
+        assert_eq!(sub.mode(), Mode::Parked);
+
+        flags(true, true);
+        table.access_changed(Some(0));
+        say("three");
+        settle();
+        assert!(task.is_finished());
+        assert_eq!(
+            received(&mut client),
+            format!(
+                "event: status\ndata: {{\"status\":\"forbidden\",\"reason\":\"{}\"}}\n\n",
+                crate::http::access::PRIVATE
+            )
+        );
+        let ended = futures_lite::future::block_on(task);
+        assert!(matches!(ended, Ended::Forbidden(_)), "{ended:?}");
+        // The slot held the last reference to the socket (as the server's stream task does).
+        drop(ex);
+        drop(sub);
+        assert_eq!(received(&mut client), "<EOF>", "nothing after it");
+    }
 
     #[test]
     fn opening_bytes_and_first_event() {
@@ -257,5 +450,12 @@ mod tests {
         );
         assert!(!String::from_utf8_lossy(&bytes).contains("id:"));
         assert_eq!(seq, 0);
+        let (bytes, seq) = opening("", 0, &ring, &Start::Unknown("e1\u{1}".into()));
+        assert!(bytes.starts_with(b"event: gap\n") && seq == 0);
+        let (bytes, seq) = opening("", 0, &ring, &Start::Unknown("e1".into()));
+        assert!(
+            bytes.starts_with(b"event: gap\n") && seq == 0,
+            "an unknown id is never looked up"
+        );
     }
 }

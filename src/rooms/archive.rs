@@ -17,7 +17,30 @@ pub const MAX_PENDING: usize = 16;
 /// One archived message, as an event.
 pub struct Archived {
     pub id: Box<str>,
-    pub frame: Rc<[u8]>,
+    pub event: super::frame::Event,
+}
+
+/// What a resume takes from the archive: the messages before the point where the room's ring
+/// takes over, oldest first; `short` when that point was not reached (the archive holds more
+/// than one fetch brings: some may be missing between these and the ring).
+pub struct Resumed {
+    pub events: Vec<Archived>,
+    pub short: bool,
+}
+
+impl Resumed {
+    /// The `gap` that follows a short resume from `id`, for a stream of one room (`room`:
+    /// `None`) or of several.
+    pub fn gap_json(id: &str, room: Option<&str>) -> Vec<u8> {
+        super::frame::Json::new()
+            .opt("room", room)
+            .str("lastEventId", id)
+            .str(
+                "reason",
+                "the archive holds more messages than one resume fetches; some may be missing",
+            )
+            .finish()
+    }
 }
 
 /// What a fetch found: the messages after the id, oldest first, and whether that was all.

@@ -89,9 +89,9 @@ pub fn write_pending<W: Write>(
         let started = seq == cursor.seq && cursor.offset > 0;
         if started || entry.wanted(mask) {
             let part = if started {
-                &entry.frame[cursor.offset..]
+                &entry.frame()[cursor.offset..]
             } else {
-                &entry.frame[..]
+                &entry.frame()[..]
             };
             if slices.push(IoSlice::new(part)).is_err() {
                 break;
@@ -120,7 +120,7 @@ pub fn write_pending<W: Write>(
             finished += 1;
         } else {
             cursor.seq = seq;
-            cursor.offset = ring.entry(seq).map_or(0, |e| e.frame.len() - slice.len()) + written;
+            cursor.offset = ring.entry(seq).map_or(0, |e| e.frame().len() - slice.len()) + written;
             break;
         }
     }
@@ -171,7 +171,11 @@ pub(crate) mod tests {
     }
 
     fn entry(text: &str, id: String) -> crate::rooms::ring::Entry {
-        crate::rooms::ring::Entry::new(Rc::from(text.as_bytes()), id, kind::MESSAGE)
+        crate::rooms::ring::Entry::new(
+            crate::rooms::frame::Event::raw(Rc::from(text.as_bytes())),
+            id,
+            kind::MESSAGE,
+        )
     }
 
     /// A ring holding `frames` as message events with ids `e0`, `e1`, … (shared with

@@ -89,6 +89,9 @@ pub enum Settled {
     Fill { after: String },
 }
 
+/// Messages before the last one seen that must match too, when finding it in replayed history.
+const MATCH_WINDOW: usize = 4;
+
 /// Identity of a message for de-duplication.
 fn message_key(nick: Option<&str>, body: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -126,19 +129,19 @@ impl Feed {
             return Settled::Done;
         };
         let history_held = held.messages.iter().filter(|m| m.delay.is_some()).count();
+        let last_seen = self.last_seen_in(table, room, &held.messages);
         let continuous = if self.last_message_key == 0 {
             // Nothing seen before: the whole history fits in what was asked for.
             history > 0 && history_held < history
         } else {
-            held.messages.iter().any(|m| {
-                m.delay.is_some()
-                    && match (&m.stanza_id, self.last_message_archived) {
-                        (Some(id), true) if self.stanza_ids => *id == self.last_message_id,
-                        _ => message_key(m.nick.as_deref(), &m.body) == self.last_message_key,
-                    }
-            })
+            last_seen.is_some()
         };
         if continuous {
+            if let (Some(at), Some(held)) = (last_seen, &mut self.held) {
+                held.messages.drain(..=at);
+                // What is left is new, even where it repeats an older message's words.
+                self.history_from = table.room(room).ring().head();
+            }
             self.release(table, room, None);
             return Settled::Done;
         }
@@ -154,6 +157,39 @@ impl Feed {
         };
         self.release(table, room, Some(why));
         Settled::Done
+    }
+
+    /// Where the last message published is in the history `held` replays, if it is: by its
+    /// stanza-id, else by (nick, body) together with the messages before it (up to
+    /// [`MATCH_WINDOW`] of them, as the ring holds them), so a repeated "ok" is not taken for
+    /// the one we saw. What follows that position is exactly what was missed.
+    fn last_seen_in(&self, table: &RoomTable, room: usize, held: &[OwnedMessage]) -> Option<usize> {
+        let history = |i: usize| held.get(i).filter(|m| m.delay.is_some());
+        if self.last_message_archived && self.stanza_ids {
+            return (0..held.len()).rev().find(|&i| {
+                history(i).is_some_and(|m| m.stanza_id.as_deref() == Some(&*self.last_message_id))
+            });
+        }
+        let ring = table.room(room).ring();
+        let mut recent: Vec<u64> = (ring.oldest()..ring.head())
+            .rev()
+            .filter_map(|seq| ring.entry(seq).map(|e| e.key).filter(|&k| k != 0))
+            .take(MATCH_WINDOW)
+            .collect();
+        if recent.first() != Some(&self.last_message_key) {
+            recent = vec![self.last_message_key];
+        }
+        let key = |m: &OwnedMessage| message_key(m.nick.as_deref(), &m.body);
+        (0..held.len()).rev().find(|&i| {
+            recent
+                .iter()
+                .enumerate()
+                .all(|(back, want)| match i.checked_sub(back) {
+                    Some(j) => history(j).is_some_and(|m| key(m) == *want),
+                    // The history starts within the window: what it holds matched.
+                    None => true,
+                })
+        })
     }
 
     /// Messages from the room's archive, oldest first, filling the hole after a re-join (those
@@ -242,10 +278,14 @@ impl Feed {
             origin_id,
         } = *m;
         let key = message_key(nick, body);
+        // A stanza-id in a shape this daemon does not issue is replaced by a minted id.
         let room_id = stanza_id.filter(|id| self.stanza_ids && frame::valid_id(id));
         if room_id.is_some_and(|id| table.room(room).ring().find_id(id).is_some()) {
             // Already published (history or an archive fill overlapping live messages).
             return None;
+        }
+        if let Some(id) = room_id {
+            table.room(room).info.borrow_mut().stanza_shapes.record(id);
         }
         if let Some(stamp) = delay {
             let ring = table.room(room).ring();
@@ -270,7 +310,7 @@ impl Feed {
             self.last_message_key = key;
             self.last_message_archived = room_id.is_some();
             self.since_message = 0;
-            let mut entry = Entry::new(frame::message(&id, nick, body), id, kind::MESSAGE);
+            let mut entry = Entry::new(frame::Event::message(&id, nick, body), id, kind::MESSAGE);
             entry.key = key;
             entry.origin = origin_id.map(|o| (o.into(), nick.unwrap_or("").into()));
             entry
@@ -390,10 +430,6 @@ impl Feed {
             self.publish_typed(table, room, kind::LEAVE, "leave", &json)
         }
     }
-
-    pub fn last_status(&self) -> Option<&'static str> {
-        self.last_status
-    }
 }
 
 impl Feed {
@@ -411,7 +447,11 @@ impl Feed {
         self.since_message += 1;
         let id = format!("{}~{}", self.last_message_id, self.since_message);
         table.publish(room, |_| {
-            Entry::new(frame::event(Some(event_type), &id, json), id.as_str(), kind)
+            Entry::new(
+                frame::Event::new(Some(event_type), &id, json),
+                id.as_str(),
+                kind,
+            )
         })
     }
 }
@@ -538,6 +578,133 @@ mod tests {
         assert!(all[4].contains("\"ok\"") && all[5].contains("\"missed\""));
     }
 
+    fn held_rejoin(t: &RoomTable, f: &mut Feed, replay: &[(&str, Option<&str>)]) {
+        f.joining(t, 0);
+        assert!(f.holding());
+        let stamp = format!("{}Z", utc_stamp(SystemTime::now() + Duration::from_secs(5)));
+        for (body, sid) in replay {
+            assert_eq!(f.message(t, 0, &msg("n", body, *sid, Some(&stamp))), None);
+        }
+    }
+
+    fn gaps(t: &RoomTable) -> usize {
+        bodies(t)
+            .iter()
+            .filter(|b| b.starts_with("event: gap\n"))
+            .count()
+    }
+
+    #[test]
+    fn a_rejoin_whose_history_reaches_the_last_message_is_continuous() {
+        let t = table();
+        let mut f = Feed::default();
+        f.joining(&t, 0);
+        assert!(
+            !f.holding(),
+            "the first join has nothing to be continuous with"
+        );
+        f.message(&t, 0, &msg("n", "old", None, None)).unwrap();
+        f.message(&t, 0, &msg("n", "seen", None, None)).unwrap();
+        assert_eq!(f.settle(&t, 0, 20, false), Settled::Done);
+        held_rejoin(
+            &t,
+            &mut f,
+            &[
+                ("old", None),
+                ("seen", None),
+                ("missed", None),
+                ("seen", None),
+            ],
+        );
+        assert_eq!(f.settle(&t, 0, 20, true), Settled::Done);
+        assert!(!f.holding());
+        let all = bodies(&t);
+        assert_eq!(gaps(&t), 0, "{all:?}");
+        assert!(
+            all[2].contains("\"missed\"") && all[3].contains("\"seen\""),
+            "{all:?}"
+        );
+        assert_eq!(
+            all.len(),
+            4,
+            "what follows the last message seen is new: {all:?}"
+        );
+    }
+
+    #[test]
+    fn a_rejoin_that_cannot_reach_back_fills_from_the_archive_or_says_gap() {
+        let t = table();
+        let mut f = Feed {
+            stanza_ids: true,
+            ..Feed::default()
+        };
+        f.joining(&t, 0);
+        f.message(&t, 0, &msg("n", "seen", Some("s1"), None))
+            .unwrap();
+        f.settle(&t, 0, 2, true);
+        // The history (2 messages) starts after the hole.
+        held_rejoin(&t, &mut f, &[("m3", Some("s3")), ("m4", Some("s4"))]);
+        let after = match f.settle(&t, 0, 2, true) {
+            Settled::Fill { after } => after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after, "s1");
+        // A live message while the archive is asked is held too.
+        assert_eq!(f.message(&t, 0, &msg("n", "m5", Some("s5"), None)), None);
+        let archived: Vec<OwnedMessage> = ["s2", "s3", "s4"]
+            .iter()
+            .map(|id| OwnedMessage {
+                nick: Some("n".into()),
+                body: format!("m{}", &id[1..]),
+                stanza_id: Some(id.to_string()),
+                ..OwnedMessage::default()
+            })
+            .collect();
+        assert_eq!(f.fill(&t, 0, &archived), 3);
+        f.filled(&t, 0, None);
+        let ids: Vec<String> = bodies(&t)
+            .iter()
+            .map(|b| b.lines().find(|l| l.starts_with("id: ")).unwrap()[4..].to_string())
+            .collect();
+        assert_eq!(ids, ["s1", "s2", "s3", "s4", "s5"], "each once, in order");
+
+        // Without an archive: a gap before what the history brought.
+        held_rejoin(&t, &mut f, &[("m9", Some("s9"))]);
+        assert_eq!(f.settle(&t, 0, 1, false), Settled::Done);
+        let all = bodies(&t);
+        assert_eq!(gaps(&t), 1);
+        assert!(
+            all[all.len() - 2].starts_with("event: gap\nid: s5~1\n"),
+            "{all:?}"
+        );
+        assert!(all[all.len() - 1].contains("m9"));
+    }
+
+    #[test]
+    fn more_than_a_ring_held_is_released_after_a_gap() {
+        let t = table();
+        let mut f = Feed::default();
+        f.joining(&t, 0);
+        f.message(&t, 0, &msg("n", "seen", None, None)).unwrap();
+        f.settle(&t, 0, 20, false);
+        f.joining(&t, 0);
+        let capacity = t.room(0).ring().capacity();
+        for i in 0..capacity {
+            assert_eq!(
+                f.message(&t, 0, &msg("n", &format!("l{i}"), None, None)),
+                None
+            );
+        }
+        assert!(
+            f.message(&t, 0, &msg("n", "one more", None, None))
+                .is_some()
+        );
+        assert!(!f.holding());
+        // seen, gap, the held ones, one more (the ring keeps the newest of them).
+        assert_eq!(t.room(0).ring().head(), 1 + 1 + capacity as u64 + 1);
+        assert!(bodies(&t).last().unwrap().contains("one more"));
+    }
+
     #[test]
     fn stanza_ids_are_used_when_the_room_announces_them() {
         let t = table();
@@ -552,9 +719,26 @@ mod tests {
         f.joining(&t, 0);
         let replay = msg("a", "y", Some("sid-2"), Some("2999-01-01T00:00:00Z"));
         assert!(f.message(&t, 0, &replay).is_none());
-        // An id that would break the stream is not used.
-        f.message(&t, 0, &msg("a", "z", Some("bad\nid"), None));
-        assert!(!bodies(&t)[2].contains("bad"));
+        // An id that would break the stream, or that is in no shape this daemon issues, is
+        // not used; the ids used are recorded as the room's shapes.
+        let hostile = [
+            "bad\nid",
+            "x data: {y",
+            "a~1",
+            "b=c",
+            "\u{fffe}",
+            &"l".repeat(65),
+        ];
+        for (i, id) in hostile.iter().enumerate() {
+            f.message(&t, 0, &msg("a", "z", Some(id), None));
+            let frame = &bodies(&t)[2 + i];
+            assert!(
+                frame.starts_with(&format!("id: {}\n", t.mint_id(2 + i as u64))),
+                "{frame}"
+            );
+        }
+        let info = t.room(0).info.borrow();
+        assert!(info.stanza_shapes.admits("sid-9") && !info.stanza_shapes.admits("sid-10"));
     }
 
     #[test]
@@ -607,5 +791,34 @@ mod tests {
         assert!(all[0].starts_with("event: subject\nid: "), "{}", all[0]);
         assert!(all[0].ends_with("data: {\"subject\":\"Welcome\",\"nick\":\"o\"}\n\n"));
         assert!(all[2].contains("{\"status\":\"reconnecting\",\"reason\":\"link lost\"}"));
+    }
+
+    #[test]
+    fn every_id_the_feed_issues_is_one_a_client_may_resume_from() {
+        let t = table();
+        let mut f = Feed::default();
+        f.status(&t, 0, "joined", None);
+        f.message(&t, 0, &msg("a", "minted", None, None));
+        f.subject(&t, 0, None, "s");
+        f.stanza_ids = true;
+        f.message(
+            &t,
+            0,
+            &msg("a", "sid", Some("8A46VJWqkYPaAFxkY_vLKDTL"), None),
+        );
+        f.message(&t, 0, &msg("a", "bad", Some("x\u{fffe}"), None));
+        f.occupant(&t, 0, "b", true);
+        f.status(&t, 0, "reconnecting", None);
+        t.retire(0, "gone");
+        let ring = t.room(0).ring();
+        for seq in ring.oldest()..ring.head() {
+            let id = &ring.entry(seq).unwrap().id;
+            assert!(
+                crate::rooms::resume::EventId::parse(id).is_some(),
+                "{id:?} is not in a shape the daemon takes back"
+            );
+            assert_eq!(ring.resume_point(id), Some(seq + 1), "{id:?}");
+        }
+        assert_eq!(ring.len(), 8);
     }
 }

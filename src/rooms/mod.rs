@@ -5,5 +5,6 @@ pub mod archive;
 pub mod fanout;
 pub mod feed;
 pub mod frame;
+pub mod resume;
 pub mod ring;
 pub mod table;

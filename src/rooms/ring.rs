@@ -8,6 +8,9 @@
 use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
+use super::frame::Event;
+use super::resume::{Base, EventId};
+
 /// Event kinds, as bits: a subscriber's filter is a set of them.
 pub mod kind {
     pub const MESSAGE: u8 = 1;
@@ -38,8 +41,8 @@ pub mod kind {
 /// One event held by the ring.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The SSE bytes, shared with every subscriber writing them.
-    pub frame: Rc<[u8]>,
+    /// The SSE bytes (shared with every subscriber writing them) and where their parts lie.
+    event: Event,
     /// The event's `id:` (what a client sends back as `Last-Event-ID`).
     pub id: Box<str>,
     /// One of the [`kind`] bits.
@@ -53,14 +56,15 @@ pub struct Entry {
     /// Position among the events of all rooms (set by the room table when published).
     pub order: u64,
     /// The frame for streams of several rooms: no `id:` line (those streams write composite
-    /// ids), `"room"` first in the JSON. Made from `frame` the first time one is needed.
+    /// ids), `"room"` first in the JSON. Made from the event's parts the first time one is
+    /// needed.
     multi: OnceCell<Rc<[u8]>>,
 }
 
 impl Entry {
-    pub fn new(frame: Rc<[u8]>, id: impl Into<Box<str>>, kind: u8) -> Entry {
+    pub fn new(event: Event, id: impl Into<Box<str>>, kind: u8) -> Entry {
         Entry {
-            frame,
+            event,
             id: id.into(),
             kind,
             key: 0,
@@ -71,33 +75,14 @@ impl Entry {
         }
     }
 
-    /// This event as sent on a stream of several rooms: `frame` without its `id:` line and
-    /// with `"room":"<node>",` at the start of its JSON object.
+    /// The SSE bytes every single-room subscriber is sent.
+    pub fn frame(&self) -> &Rc<[u8]> {
+        &self.event.frame
+    }
+
+    /// This event as sent on a stream of several rooms (see [`Event::multi`]).
     pub fn multi_frame(&self, node: &str) -> Rc<[u8]> {
-        self.multi
-            .get_or_init(|| {
-                let f = &self.frame[..];
-                let id_at = f.windows(4).position(|w| w == b"id: ").unwrap_or(0);
-                let id_end = f[id_at..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(id_at, |e| id_at + e + 1);
-                let data_at = f
-                    .windows(7)
-                    .position(|w| w == b"data: {")
-                    .map_or(f.len(), |d| d + 7);
-                let mut out = Vec::with_capacity(f.len() + node.len() + 10);
-                out.extend_from_slice(&f[..id_at]);
-                out.extend_from_slice(&f[id_end..data_at]);
-                out.extend_from_slice(b"\"room\":");
-                super::frame::push_json_string(&mut out, node);
-                if f.get(data_at) != Some(&b'}') {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&f[data_at..]);
-                out.into()
-            })
-            .clone()
+        self.multi.get_or_init(|| self.event.multi(node)).clone()
     }
 
     /// Whether a subscriber with filter `mask` is to be sent this event.
@@ -184,13 +169,13 @@ impl Ring {
     /// Adds an event, evicting the oldest ones as the count or byte budget requires.
     /// Returns its sequence number.
     pub fn push(&mut self, entry: Entry) -> u64 {
-        let oldest = self.oldest_after_push(entry.frame.len());
+        let oldest = self.oldest_after_push(entry.frame().len());
         while self.oldest() < oldest {
             self.evict_oldest();
         }
         let seq = self.head;
         let cap = self.slots.len();
-        self.bytes += entry.frame.len();
+        self.bytes += entry.frame().len();
         self.slots[(seq % cap as u64) as usize] = Some(entry);
         self.head += 1;
         self.len += 1;
@@ -201,14 +186,14 @@ impl Ring {
         let cap = self.slots.len() as u64;
         let index = (self.oldest() % cap) as usize;
         if let Some(entry) = self.slots[index].take() {
-            self.bytes -= entry.frame.len();
+            self.bytes -= entry.frame().len();
         }
         self.len -= 1;
     }
 
     /// The frame with sequence number `seq`, if still held.
     pub fn get(&self, seq: u64) -> Option<&Rc<[u8]>> {
-        self.entry(seq).map(|e| &e.frame)
+        self.entry(seq).map(Entry::frame)
     }
 
     /// The entry with sequence number `seq`, if still held.
@@ -220,20 +205,20 @@ impl Ring {
     }
 
     /// Where a client that last had event `id` resumes: after that event; or, for a named
-    /// event's id (`<message id>~<n>`) from an earlier run, after that message (`<empty>~<n>`:
-    /// from the oldest held). `None`: not held (the caller reports a gap).
+    /// event's id (`<message id>~<n>`) from an earlier run, after that message. `None`: not
+    /// held, or in no shape this daemon issues (the caller reports a gap). A `~<n>` id with no
+    /// message before it that the ring does not hold is not held either: the ring may have
+    /// moved past what followed it.
     pub fn resume_point(&self, id: &str) -> Option<u64> {
+        let parsed = EventId::parse(id)?;
         if let Some(seq) = self.find_id(id) {
             return Some(seq + 1);
         }
-        let (base, n) = id.rsplit_once('~')?;
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+        parsed.named?;
+        match parsed.base {
+            Base::Empty => None,
+            Base::Minted(base) | Base::Stanza(base) => self.find_id(base).map(|seq| seq + 1),
         }
-        if base.is_empty() {
-            return Some(self.oldest());
-        }
-        self.find_id(base).map(|seq| seq + 1)
     }
 
     /// Sequence number of the held event whose id is `id` (newest first).
@@ -249,7 +234,11 @@ mod tests {
     use super::*;
 
     fn frame(n: usize) -> Entry {
-        Entry::new(vec![b'x'; n].into(), format!("id{n}"), kind::MESSAGE)
+        Entry::new(
+            Event::raw(vec![b'x'; n].into()),
+            format!("id{n}"),
+            kind::MESSAGE,
+        )
     }
 
     #[test]
@@ -270,44 +259,29 @@ mod tests {
         assert_eq!(r.resume_point("id4~2"), Some(4), "a named event after id4");
         assert_eq!(
             r.resume_point("~3"),
-            Some(2),
-            "named events before any message"
+            None,
+            "named events before any message, not held"
         );
+        assert_eq!(r.resume_point("id4\u{1}"), None);
         assert_eq!(r.resume_point("id1~1"), None);
         assert_eq!(r.resume_point("id4~x"), None);
     }
 
     #[test]
-    fn multi_room_frames() {
+    fn multi_room_frames_come_from_the_parts() {
+        // An id that holds `data: {` (B1: the frame used to be searched for it, and panicked).
         let e = Entry::new(
-            crate::rooms::frame::message("s-1", Some("a"), "hi"),
-            "s-1",
+            Event::message("x data: {y", Some("a"), "hi"),
+            "x data: {y",
             kind::MESSAGE,
         );
         assert_eq!(
             &*e.multi_frame("lobby"),
             b"data: {\"room\":\"lobby\",\"nick\":\"a\",\"body\":\"hi\"}\n\n"
         );
-        let json = crate::rooms::frame::Json::new()
-            .str("status", "joined")
-            .finish();
-        let e = Entry::new(
-            crate::rooms::frame::event(Some("status"), "x-2", &json),
-            "x-2",
-            kind::STATUS,
-        );
         assert_eq!(
-            &*e.multi_frame("news"),
-            b"event: status\ndata: {\"room\":\"news\",\"status\":\"joined\"}\n\n"
-        );
-        let e = Entry::new(
-            crate::rooms::frame::event(Some("x"), "1", b"{}"),
-            "1",
-            kind::STATUS,
-        );
-        assert_eq!(
-            &*e.multi_frame("r"),
-            b"event: x\ndata: {\"room\":\"r\"}\n\n"
+            &**e.frame(),
+            b"id: x data: {y\ndata: {\"nick\":\"a\",\"body\":\"hi\"}\n\n"
         );
     }
 

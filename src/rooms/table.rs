@@ -73,6 +73,9 @@ pub struct Room {
     dirty: Cell<bool>,
     /// Bytes of frames published since then.
     held_bytes: Cell<usize>,
+    /// Counts the changes of what decides who may read the room (its flags, tokens, policy):
+    /// a stream that checked its access at another value checks again before it writes.
+    access_epoch: Cell<u64>,
 }
 
 /// Facts about a room for pages, metrics and access control; written by the XMPP side.
@@ -88,6 +91,9 @@ pub struct RoomInfo {
     pub mam: bool,
     /// disco#info was answered (the flags above are known).
     pub known: bool,
+    /// The shapes of the stanza-ids the room has issued: only resume ids in one of them are
+    /// looked up in its archive.
+    pub stanza_shapes: super::resume::Shapes,
     pub subject: String,
     /// Other occupants present (our own occupant not counted), as seen from presence.
     pub occupants: u32,
@@ -139,6 +145,11 @@ impl Room {
     /// membership is lost.
     pub fn set_synced(&self, synced: bool) {
         self.synced.set(synced);
+    }
+
+    /// See [`RoomTable::access_changed`].
+    pub fn access_epoch(&self) -> u64 {
+        self.access_epoch.get()
     }
 }
 
@@ -311,6 +322,7 @@ impl RoomTable {
                 flushed: Cell::new(0),
                 dirty: Cell::new(false),
                 held_bytes: Cell::new(0),
+                access_epoch: Cell::new(0),
             })
             .collect();
         let slots = (0..max_subscribers).map(|_| Slot::empty()).collect();
@@ -337,7 +349,7 @@ impl RoomTable {
     /// Gives a room an entry (or returns the one it has; a configured room stays configured).
     /// Entries never used come first; then, for a configured room or when the table is full,
     /// the entry of a discovered or on-demand room nobody reads and we are not in. Returns
-    /// `None` when no entry can be had.
+    /// `None` when no entry can be had. Callers check `node` with `config::check_room_node`.
     pub fn add(&self, node: &str, muc: &str, origin: Origin) -> Option<usize> {
         let node = node.to_lowercase();
         let found = self.find_node(&node);
@@ -390,7 +402,7 @@ impl RoomTable {
         self.publish(index, |seq| {
             let id = format!("~{seq}");
             Entry::new(
-                super::frame::event(Some("status"), &id, &json),
+                super::frame::Event::new(Some("status"), &id, &json),
                 id,
                 super::ring::kind::STATUS,
             )
@@ -409,15 +421,6 @@ impl RoomTable {
         if room.is_free() {
             *room.node.borrow_mut() = Rc::from("");
             *room.jid.borrow_mut() = Rc::from("");
-        }
-    }
-
-    /// The access inputs of `room` (or of every room: `None`) changed: its flags, tokens,
-    /// `private_rooms`. Every open stream of it is woken to be checked again.
-    pub fn access_changed(&self, room: Option<usize>) {
-        match room {
-            Some(index) => self.wake_room(index),
-            None => (0..self.rooms().len()).for_each(|i| self.wake_room(i)),
         }
     }
 
@@ -468,11 +471,12 @@ impl RoomTable {
         let mut entry = make(r.ring.borrow().head());
         // Events of all rooms in publication order, for streams that merge several rooms.
         entry.order = self.stats.events_in.get();
-        if r.dirty.get() && r.ring.borrow().oldest_after_push(entry.frame.len()) > r.flushed.get() {
+        if r.dirty.get() && r.ring.borrow().oldest_after_push(entry.frame().len()) > r.flushed.get()
+        {
             // The push would evict an event parked subscribers have not been sent yet.
             self.flush_room(room);
         }
-        r.held_bytes.set(r.held_bytes.get() + entry.frame.len());
+        r.held_bytes.set(r.held_bytes.get() + entry.frame().len());
         let seq = r.ring.borrow_mut().push(entry);
         self.stats.events_in.set(self.stats.events_in.get() + 1);
         r.dirty.set(true);
@@ -581,6 +585,35 @@ impl RoomTable {
     /// Limits the subscribers of any one room (0 = no limit beyond the table's size).
     pub fn set_room_cap(&self, cap: usize) {
         self.room_cap.set(cap);
+    }
+
+    /// What decides who may read `room` (every room: `None`) has changed: its disco#info flags,
+    /// or the tokens, private-room policy or CORS origins (a reload). Bumps the rooms' access
+    /// epoch and hands every subscriber of them back to its task in [`Mode::Wake`] (so the
+    /// fan-out no longer writes to parked ones), so that each checks its access again, with the
+    /// credential it opened with, before anything more is written to it.
+    pub fn access_changed(&self, room: Option<usize>) {
+        let rooms = match room {
+            Some(index) if index < self.rooms().len() => index..index + 1,
+            Some(_) => return,
+            None => 0..self.rooms().len(),
+        };
+        let subs = self.subs.borrow();
+        for index in rooms {
+            let r = &self.rooms()[index];
+            r.access_epoch.set(r.access_epoch.get().wrapping_add(1));
+            let mut at = r.first.get();
+            while at != NONE {
+                let slot = &subs.slots[at as usize];
+                at = slot.next;
+                // Parked ones would be written by the fan-out; blocked ones are checked now too
+                // rather than when their socket drains.
+                slot.mode.set(Mode::Wake);
+                if let Some(waker) = &slot.waker {
+                    waker.wake_by_ref();
+                }
+            }
+        }
     }
 
     /// Counts a heartbeat and wakes every subscriber to send its keep-alive comment.
@@ -824,7 +857,7 @@ mod tests {
         for n in 1..=2 {
             t.publish(0, |seq| {
                 Entry::new(
-                    format!("data: {n}\n\n").into_bytes().into(),
+                    crate::rooms::frame::Event::raw(format!("data: {n}\n\n").into_bytes().into()),
                     t.mint_id(seq),
                     crate::rooms::ring::kind::MESSAGE,
                 )
@@ -872,7 +905,7 @@ mod tests {
     fn say(t: &RoomTable, room: usize, text: &str) -> u64 {
         t.publish(room, |seq| {
             Entry::new(
-                format!("data: {text}\n\n").into_bytes().into(),
+                crate::rooms::frame::Event::raw(format!("data: {text}\n\n").into_bytes().into()),
                 t.mint_id(seq),
                 crate::rooms::ring::kind::MESSAGE,
             )
@@ -999,6 +1032,30 @@ mod tests {
         t.flush_dirty();
         let text = String::from_utf8(a.data.borrow().clone()).unwrap();
         assert_eq!(text.matches("data: ").count(), 12, "{text}");
+    }
+
+    #[test]
+    fn access_changes_hand_parked_subscribers_back_to_their_tasks() {
+        let t = table();
+        let (a, b) = (socket(1 << 20), socket(1 << 20));
+        let (sa, wa) = parked(&t, 0, &a);
+        let (sb, wb) = parked(&t, 1, &b);
+        let epochs = (t.room(0).access_epoch(), t.room(1).access_epoch());
+        t.access_changed(Some(0));
+        assert_eq!(t.room(0).access_epoch(), epochs.0 + 1);
+        assert_eq!(t.room(1).access_epoch(), epochs.1, "only that room");
+        assert_eq!((sa.mode(), wa.0.load(Ordering::SeqCst)), (Mode::Wake, 1));
+        assert_eq!((sb.mode(), wb.0.load(Ordering::SeqCst)), (Mode::Parked, 0));
+        // Not re-checked yet: the fan-out writes nothing to it, it only wakes its task.
+        say(&t, 0, "after");
+        assert!(a.data.borrow().is_empty());
+        assert_eq!(wa.0.load(Ordering::SeqCst), 2);
+        t.access_changed(None);
+        assert_eq!(t.room(1).access_epoch(), epochs.1 + 1);
+        assert_eq!(sb.mode(), Mode::Wake);
+        say(&t, 1, "after");
+        assert!(b.data.borrow().is_empty());
+        t.access_changed(Some(99));
     }
 
     #[test]

@@ -10,8 +10,12 @@
     unavailable: 'room unavailable',
     banned: 'banned from the room',
     destroyed: 'room destroyed',
+    removed: 'room no longer served here',
+    forbidden: 'access withdrawn: this room is no longer open to this page',
     shutdown: 'server restarting…'
   };
+  // Statuses after which the stream ends for good: the page stops instead of retrying.
+  var FINAL = { forbidden: true, removed: true, destroyed: true };
   var d = document, body = d.body, room = body.getAttribute('data-room') || '';
   var log = d.getElementById('log'), subject = d.getElementById('subject');
   var state = d.getElementById('state'), banner = d.getElementById('banner');
@@ -23,7 +27,7 @@
   var es = null, conn = 'connecting';
   // The room's state when the page was rendered, until the stream's status events say more.
   var status = body.getAttribute('data-status') || '', reason = body.getAttribute('data-reason') || '';
-  var lastId = '', burstUntil = 0, retry = 2000, timer = 0;
+  var lastId = '', burstUntil = 0, retry = 2000, timer = 0, ended = false;
   var seen = new Map(); // event id -> message element (de-duplication, corrections)
 
   if (token) {
@@ -42,7 +46,8 @@
 
   function render() {
     var text = 'live', cls = 'live';
-    if (conn === 'connecting') { text = 'connecting…'; cls = 'connecting'; }
+    if (ended) { text = STATUS[status] || status; cls = 'down'; }
+    else if (conn === 'connecting') { text = 'connecting…'; cls = 'connecting'; }
     else if (conn === 'reconnecting') { text = 'reconnecting…'; cls = 'reconnecting'; }
     else if (conn === 'down') { text = 'disconnected, retrying…'; cls = 'down'; }
     else if (status && status !== 'joined') {
@@ -53,7 +58,7 @@
     state.textContent = text;
     state.className = cls;
     var show = cls === 'reconnecting' || cls === 'down';
-    banner.textContent = show ? text + (reason && conn === 'live' ? ' (' + reason + ')' : '') : '';
+    banner.textContent = show ? text + (reason && (conn === 'live' || ended) ? ' (' + reason + ')' : '') : '';
     banner.className = show ? 'show ' + cls : '';
     body.setAttribute('data-state', cls);
   }
@@ -144,6 +149,7 @@
       render();
     };
     es.onerror = function () {
+      if (ended) return;
       if (es.readyState === EventSource.CLOSED) {
         // The browser gave up (a status other than 200, e.g. 503 when full): try again later.
         conn = 'down';
@@ -179,6 +185,13 @@
       if (!m || typeof m.status !== 'string') return;
       status = m.status;
       reason = typeof m.reason === 'string' ? m.reason : '';
+      if (FINAL[status]) {
+        // The server ends the stream: reconnecting would only be refused. Say so and stop.
+        ended = true;
+        es.close();
+        if (timer) { clearTimeout(timer); timer = 0; }
+        note(STATUS[status] + (reason ? ' (' + reason + ')' : '') + '. Reload the page to try again.');
+      }
       render();
     });
     es.addEventListener('gap', function (e) {
