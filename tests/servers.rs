@@ -4,7 +4,8 @@
 //! the ring and from the room's archive), an XMPP server restart under a connected subscriber,
 //! 403 for a members-only room, 404 for a missing one (not created), and the three defects found
 //! against ejabberd (`/work/shared/reviews/2026-12-04-ejabberd-compatibility.md`): a named-event
-//! id resumed after a daemon restart, an on-demand room left once, an unknown id is a `gap`.
+//! id resumed after a daemon restart (filled from the archive; without history at least a
+//! `gap`), an on-demand room left once, an unknown id is a `gap`.
 //!
 //! `both!(name)` turns `fn name(kind: Kind)` into the tests `name::prosody` and
 //! `name::ejabberd`.
@@ -43,6 +44,7 @@ both!(a_server_restart_under_a_subscriber_loses_and_repeats_nothing);
 both!(a_members_only_room_answers_403_by_default);
 both!(a_missing_room_answers_404_and_is_not_created);
 both!(a_named_event_id_resumes_from_the_archive_after_a_daemon_restart);
+both!(a_named_event_id_without_history_is_never_a_silent_loss);
 both!(an_on_demand_room_is_left_once_and_stays_left);
 both!(an_unknown_id_is_a_gap_not_a_replay_of_the_archive);
 
@@ -252,14 +254,58 @@ fn a_missing_room_answers_404_and_is_not_created(kind: Kind) {
 }
 
 /// Review F1: the last event before a daemon restart is `status: shutdown` with id
-/// `<msg>~<n>`; resumed with it when the new ring does not hold `<msg>`, every message posted
-/// meanwhile comes from the archive (before the fix ejabberd answered an empty page: silent
-/// loss; Prosody answered item-not-found: a `gap`).
+/// `<msg>~<n>`. Resumed with it after a restart, when the new ring does not hold `<msg>` (more
+/// messages missed than `history`), the messages posted meanwhile come from the archive (before
+/// the fix ejabberd answered an empty page, a silent loss; Prosody answered item-not-found).
 fn a_named_event_id_resumes_from_the_archive_after_a_daemon_restart(kind: Kind) {
+    let (events, missed, log) = resume_after_restart_with_the_shutdown_id(kind, 2);
+    assert!(
+        events.iter().all(|e| e.event_type != "gap"),
+        "the archive holds them, no gap: {events:?}\n{log}"
+    );
+    assert_eq!(
+        bodies(&events),
+        missed,
+        "every message posted while the daemon was down, once\n{log}"
+    );
+}
+
+/// The same with `history = 0`: the new daemon has seen no stanza-id of the room yet, so it
+/// cannot tell the id from a foreign one (which ejabberd would answer with its whole archive);
+/// it may fill from the archive or say `gap`, but never lose messages silently.
+fn a_named_event_id_without_history_is_never_a_silent_loss(kind: Kind) {
+    let (events, missed, log) = resume_after_restart_with_the_shutdown_id(kind, 0);
+    let filled = bodies(&events) == missed;
+    let gap_first = events.first().is_some_and(|e| e.event_type == "gap");
+    assert!(
+        filled || gap_first,
+        "neither the missed messages nor a gap: {events:?}\n{log}"
+    );
+    eprintln!(
+        "{}: history = 0 resume with a named-event id: {}",
+        kind_name(kind),
+        if filled { "filled" } else { "gap" }
+    );
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Prosody => "prosody",
+        Kind::Ejabberd => "ejabberd",
+    }
+}
+
+/// Streams X, stops the daemon (the stream's last id is the shutdown status's `X~<n>`), posts
+/// five messages, starts a daemon with `history` and resumes with that id. Returns what the
+/// resumed stream sent within 2 s of quiet, the five bodies and the new daemon's log tail.
+fn resume_after_restart_with_the_shutdown_id(
+    kind: Kind,
+    history: usize,
+) -> (Vec<SseEvent>, Vec<String>, String) {
     let server = kind.start();
     server.create_rooms(&["lobby"]);
     let mut alice = user(&*server, "alice", "lobby");
-    let config = Daemon::config_text(&*server, &["lobby"], "history = 0");
+    let config = Daemon::config_text(&*server, &["lobby"], &format!("history = {history}"));
     let mut first = Daemon::spawn_raw(&config);
     first.wait_ready(&["lobby"], T);
     let mut sub = SseClient::connect(first.http, "/eventsource/lobby", &[]);
@@ -286,17 +332,7 @@ fn a_named_event_id_resumes_from_the_archive_after_a_daemon_restart(kind: Kind) 
         &[("Last-Event-ID", &last.last_event_id)],
     );
     let events = drain(&mut resumed, Duration::from_secs(2));
-    assert!(
-        events.iter().all(|e| e.event_type != "gap"),
-        "the archive holds them, no gap: {events:?}\n{}",
-        second.log_tail_block()
-    );
-    assert_eq!(
-        bodies(&events),
-        missed,
-        "every message posted while the daemon was down, once\n{}",
-        second.log_tail_block()
-    );
+    (events, missed, second.log_tail_block())
 }
 
 /// Review F2: the reflected unavailable presence of the daemon's own leave is not a removal.
