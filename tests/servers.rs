@@ -2,7 +2,7 @@
 //! with (Prosody 0.12 with `mod_muc_mam`, ejabberd 23.01 with `mod_mam`): the
 //! mod_muc_eventsource JSON shape, stanza-ids as event ids, exact `Last-Event-ID` resume (from
 //! the ring and from the room's archive), an XMPP server restart under a connected subscriber,
-//! 403 for a members-only room, 404 for a missing one (not created), and the three defects found
+//! 403 for a members-only room without its read token, 404 for a missing one (not created), and the three defects found
 //! against ejabberd (`/work/shared/reviews/2026-12-04-ejabberd-compatibility.md`): a named-event
 //! id resumed after a daemon restart (filled from the archive; without history at least a
 //! `gap`), an on-demand room left once, an unknown id is a `gap`.
@@ -18,7 +18,7 @@ use common::daemon::Daemon;
 use common::json::Json;
 use common::prosody::ROOM_OWNER;
 use common::server::{Kind, Server};
-use common::sse::{SseClient, SseEvent, http_get};
+use common::sse::{SseClient, SseEvent, http_get, http_request};
 use common::xmpp::{XmppClient, stanza_attr};
 
 const T: Duration = Duration::from_secs(10);
@@ -207,25 +207,44 @@ fn a_server_restart_under_a_subscriber_loses_and_repeats_nothing(kind: Kind) {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
+/// A members-only room (the component a member, so the daemon is in it) is 403 without its
+/// read token, and streams with it.
 fn a_members_only_room_answers_403_by_default(kind: Kind) {
     let server = kind.start();
     server.create_rooms(&["lobby", "secret"]);
     let (owner, pass) = ROOM_OWNER;
     let mut c = XmppClient::connect(&*server, owner, pass);
     c.join("secret", owner);
+    let jid = c.room_jid("secret");
+    let reply = c.iq(
+        "aff1",
+        &format!(
+            "<iq type='set' to='{jid}' id='aff1'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='member' jid='{}'/></query></iq>",
+            server.component()
+        ),
+    );
+    assert!(reply.contains("type='result'"), "{reply}");
     c.configure_room("secret", &[("muc#roomconfig_membersonly", "1")]);
-    let daemon = Daemon::start(&*server, &["lobby"], "on_demand = yes");
-    let (status, _, text) = http_get(daemon.http, "/eventsource/secret");
-    assert_eq!(status, 403, "{text}");
-    assert!(
-        !daemon.log().contains("joined room secret@"),
+    let daemon = Daemon::start(&*server, &["lobby", "secret"], "token.secret = read-me-123");
+    let status = |path: &str| http_request(daemon.http, "HEAD", path, &[]).0;
+    assert_eq!(
+        status("/eventsource/lobby"),
+        200,
+        "public rooms need no token"
+    );
+    assert_eq!(
+        status("/eventsource/secret"),
+        403,
         "{}",
         daemon.log_tail_block()
     );
-    assert_eq!(
-        SseClient::connect(daemon.http, "/eventsource/lobby", &[]).status(),
-        200
-    );
+    assert_eq!(status("/eventsource/secret?token=wrong"), 403);
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/secret?token=read-me-123", &[]);
+    assert_eq!(sub.status(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    post(&mut c, "secret", "for members");
+    let event = sub.next_event(T).expect("a message with the token");
+    assert_eq!(body(&event), "for members");
 }
 
 fn a_missing_room_answers_404_and_is_not_created(kind: Kind) {
