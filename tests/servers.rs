@@ -2,10 +2,10 @@
 //! with (Prosody 0.12 with `mod_muc_mam`, ejabberd 23.01 with `mod_mam`): the
 //! mod_muc_eventsource JSON shape, stanza-ids as event ids, exact `Last-Event-ID` resume (from
 //! the ring and from the room's archive), an XMPP server restart under a connected subscriber,
-//! 403 for a members-only room without its read token, 404 for a missing one (not created), and the three defects found
-//! against ejabberd (`/work/shared/reviews/2026-12-04-ejabberd-compatibility.md`): a named-event
-//! id resumed after a daemon restart (filled from the archive; without history at least a
-//! `gap`), an on-demand room left once, an unknown id is a `gap`.
+//! 403 for a members-only room without its read token, 404 for a missing one (not created),
+//! and the three defects the ejabberd compatibility review (2026-12-04) found: a named-event id
+//! resumed after a daemon restart (filled from the archive; without history at least a `gap`),
+//! an on-demand room left once, an unknown id is a `gap`.
 //!
 //! `both!(name)` turns `fn name(kind: Kind)` into the tests `name::prosody` and
 //! `name::ejabberd`.
