@@ -431,6 +431,7 @@ modules:
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log_len_before = self.log().len();
         let out = self.ctl(&["start"]);
         if !out.status.success() {
             return Err(format!(
@@ -448,6 +449,8 @@ modules:
             }
             let log = self.log();
             if let Some(line) = log
+                .get(log_len_before..)
+                .unwrap_or("")
                 .lines()
                 .find(|l| l.contains("eaddrinuse") || l.contains("[critical]"))
             {
