@@ -3,9 +3,11 @@
 //! Owns the small utilities every part of the harness needs: [`free_port`], [`TempDir`],
 //! [`random_hex`], [`tail`], plus the re-exports of the harness modules:
 //! - [`prosody`]: a real Prosody (c2s + MUC + the `sse.localhost` component) per test;
+//! - [`ejabberd`]: the same with a real ejabberd;
+//! - [`server`]: the [`Server`] trait over both, and [`server::Kind`] to start either;
 //! - [`xmpp`]: a blocking c2s client that joins rooms and sends messages;
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
-//! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Prosody`];
+//! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
 //! - [`json`]: a strict JSON parser for checking event data;
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
@@ -17,17 +19,21 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod ejabberd;
 pub mod fake_upstream;
 pub mod json;
 pub mod procs;
 pub mod prosody;
 pub mod relay;
+pub mod server;
 pub mod sse;
 pub mod xmpp;
 
 pub use daemon::Daemon;
+pub use ejabberd::Ejabberd;
 pub use json::{Json, json_str};
 pub use prosody::Prosody;
+pub use server::{Kind, Server};
 pub use sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};
 pub use xmpp::XmppClient;
 

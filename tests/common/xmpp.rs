@@ -9,7 +9,7 @@
 //! and attribute values with `&amp; &lt; &gt; &quot; &apos;`; needles given to
 //! [`XmppClient::wait_for`] must be written accordingly.
 
-use super::prosody::Prosody;
+use super::server::Server;
 use super::tail;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -38,11 +38,17 @@ pub struct XmppClient {
 }
 
 impl XmppClient {
-    /// Connects to Prosody's c2s port and logs in as `user@localhost` with `pass` (SASL PLAIN
-    /// over plaintext, stream restart, resource bind, session if offered). Panics on failure.
-    pub fn connect(prosody: &Prosody, user: &str, pass: &str) -> XmppClient {
-        let stream = TcpStream::connect(prosody.c2s_addr())
-            .unwrap_or_else(|e| panic!("connect to Prosody c2s {}: {e}", prosody.c2s_addr()));
+    /// Connects to the server's c2s port (Prosody or ejabberd) and logs in as
+    /// `user@localhost` with `pass` (SASL PLAIN over plaintext, stream restart, resource bind,
+    /// session if offered). Panics on failure.
+    pub fn connect(server: &dyn Server, user: &str, pass: &str) -> XmppClient {
+        let stream = TcpStream::connect(server.c2s_addr()).unwrap_or_else(|e| {
+            panic!(
+                "connect to {} c2s {}: {e}",
+                server.name(),
+                server.c2s_addr()
+            )
+        });
         stream.set_nodelay(true).ok();
         stream
             .set_write_timeout(Some(TIMEOUT))
@@ -54,11 +60,11 @@ impl XmppClient {
             in_stream: false,
             closed: false,
             jid: String::new(),
-            muc: prosody.muc.clone(),
+            muc: server.muc().to_string(),
             nicks: HashMap::new(),
             next_id: 0,
         };
-        let domain = &prosody.domain;
+        let domain = server.domain();
         c.open_stream(domain);
         let features = c.wait_for("</stream:features>", TIMEOUT);
         if !features.contains("<mechanism>PLAIN</mechanism>") {
