@@ -156,7 +156,7 @@ fn with_an_archive_every_message_arrives_exactly_once_across_two_outages() {
     }
     // Both streams have what was said before the first outage.
     let mut events = read_through(&mut single, "before-lobby-2", "single-room stream");
-    let mut multi_events = read_through(&mut multi, "before-news-2", "multi-room stream");
+    let multi_events = read_through(&mut multi, "before-news-2", "multi-room stream");
     // The first outage is long enough for the back-off to grow (1, 2, 4, 8 s): without its
     // reset, the second outage would cost 6 s or more.
     let (back1, posted1) = outage(
