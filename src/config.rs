@@ -50,6 +50,8 @@ pub struct Config {
     pub max_subscribers: usize,
     /// HTTP connections still sending their request head, at most.
     pub max_pending_requests: usize,
+    /// Of those, from one client address (0 = no limit beyond `max_pending_requests`).
+    pub max_pending_per_ip: usize,
     /// Streams merging several rooms, at most (each has a write buffer).
     pub max_multi_streams: usize,
     /// Subscribers of one room, at most (0 = only `max_subscribers` limits them).
@@ -194,6 +196,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "max_pending_requests",
         Some("64"),
         "connections still sending their request",
+    ),
+    (
+        "max_pending_per_ip",
+        Some("8"),
+        "of those, from one address; 0 = no limit beyond max_pending_requests",
     ),
     (
         "ring_events",
@@ -670,6 +677,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_rooms,
         max_subscribers: number("max_subscribers", 1, 1_000_000)?,
         max_pending_requests: number("max_pending_requests", 1, 100_000)?,
+        max_pending_per_ip: number("max_pending_per_ip", 0, 100_000)?,
         max_subscribers_per_room: number("max_subscribers_per_room", 0, 1_000_000)?,
         max_multi_streams: number("max_multi_streams", 0, 100_000)?,
         max_connections_per_ip: number("max_connections_per_ip", 0, 1_000_000)?,
@@ -872,6 +880,7 @@ impl Config {
             "max_pending_requests",
             self.max_pending_requests.to_string(),
         );
+        line("max_pending_per_ip", self.max_pending_per_ip.to_string());
         line("max_multi_streams", self.max_multi_streams.to_string());
         line(
             "max_subscribers_per_room",
