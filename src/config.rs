@@ -804,7 +804,7 @@ impl Ceiling {
 
 /// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
 /// The fan-out bench measured 0.8–1.0 KiB of RSS per connected subscriber on top of its
-/// preallocated 64-byte slot (docs/BENCHMARKS.md); this rounds that up.
+/// preallocated 80-byte slot (docs/BENCHMARKS.md); this rounds that up.
 pub const SUBSCRIBER_BYTES: usize = 1152;
 /// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
 pub const FIXED_BYTES: usize = 3 << 20;
@@ -825,11 +825,13 @@ impl Config {
             self.ring_events * (std::mem::size_of::<Option<crate::rooms::ring::Entry>>() + 3 * 256);
         Ceiling {
             // Each ring may go over its byte budget by one frame (the newest is always kept),
-            // and each frame may have its multi-room twin.
+            // and each frame may have its multi-room twin; plus one evicted frame that
+            // subscribers are still writing (pinned: see `rooms::fanout::Pin`).
             // Saturating: on 32-bit targets large settings would overflow.
             rings: self.max_rooms.saturating_mul(
                 (self.ring_bytes.saturating_add(frame))
                     .saturating_mul(2)
+                    .saturating_add(frame)
                     .saturating_add(ring_slots + 512),
             ),
             subscribers: self.max_subscribers.saturating_mul(SUBSCRIBER_BYTES),

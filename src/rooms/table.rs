@@ -165,6 +165,8 @@ struct Slot {
     mode: Cell<Mode>,
     /// Where the subscriber is in its room's ring (single-room streams).
     cursor: Cell<Cursor>,
+    /// The frame it is mid-way through writing ([`fanout::Pin`]).
+    pin: Cell<fanout::Pin>,
     /// Event kinds it wants.
     mask: u8,
     /// Its socket, for writes from the fan-out while parked.
@@ -180,6 +182,7 @@ impl Slot {
             waker: None,
             mode: Cell::new(Mode::Wake),
             cursor: Cell::new(Cursor::default()),
+            pin: Cell::new(None),
             mask: 0,
             outlet: None,
         }
@@ -520,21 +523,24 @@ impl RoomTable {
             at = slot.next;
             let wake = match slot.mode.get() {
                 Mode::Wake => true,
-                Mode::Blocked => slot.cursor.get().seq < ring.oldest(),
+                Mode::Blocked => slot.cursor.get().needs() < ring.oldest(),
                 Mode::Parked => {
                     let Some(outlet) = &slot.outlet else {
                         slot.mode.set(Mode::Wake);
                         continue;
                     };
                     let mut cursor = slot.cursor.get();
+                    let mut pin = slot.pin.take();
                     let wrote = fanout::write_pending(
                         &ring,
                         &mut cursor,
+                        &mut pin,
                         slot.mask,
                         Out(&**outlet),
                         Some(&self.stats),
                     );
                     slot.cursor.set(cursor);
+                    slot.pin.set(pin);
                     // Anything but a complete write is for the task to deal with.
                     let done = matches!(wrote, Ok(Wrote::CaughtUp));
                     if !done {
@@ -715,6 +721,7 @@ impl<'t> Subscription<'t> {
             seq: first,
             offset: 0,
         });
+        slot.pin.set(None);
     }
 
     fn own_slot(&self) -> std::cell::Ref<'_, Slot> {
@@ -728,6 +735,15 @@ impl<'t> Subscription<'t> {
 
     pub fn set_cursor(&self, cursor: Cursor) {
         self.own_slot().cursor.set(cursor);
+    }
+
+    /// Takes the frame the cursor is mid-way through (give it back with [`Self::set_pin`]).
+    pub fn take_pin(&self) -> fanout::Pin {
+        self.own_slot().pin.take()
+    }
+
+    pub fn set_pin(&self, pin: fanout::Pin) {
+        self.own_slot().pin.set(pin);
     }
 
     pub fn mode(&self) -> Mode {
@@ -909,17 +925,18 @@ mod tests {
         assert_eq!(sf.cursor(), Cursor { seq: 1, offset: 2 });
         assert_eq!(wf.0.load(Ordering::SeqCst), 1);
         assert_eq!(wok.0.load(Ordering::SeqCst), 0);
-        // Blocked (waiting for the socket): woken only once its next event is evicted.
+        // Blocked (waiting for the socket): woken only once an event it needs is evicted;
+        // "two", which it is mid-way through, is pinned, so that is the one after it.
         sf.set_mode(Mode::Blocked);
-        for word in ["three", "four", "five"] {
+        for word in ["three", "four", "five", "six"] {
             say(&t, 0, word);
         }
-        assert_eq!(t.room(0).ring().oldest(), 1);
-        assert_eq!(wf.0.load(Ordering::SeqCst), 1);
-        say(&t, 0, "six");
         assert_eq!(t.room(0).ring().oldest(), 2);
+        assert_eq!(wf.0.load(Ordering::SeqCst), 1);
+        say(&t, 0, "seven");
+        assert_eq!(t.room(0).ring().oldest(), 3);
         assert_eq!(wf.0.load(Ordering::SeqCst), 2);
-        let words = ["one", "two", "three", "four", "five", "six"];
+        let words = ["one", "two", "three", "four", "five", "six", "seven"];
         let expected: String = words.iter().map(|w| format!("data: {w}\n\n")).collect();
         assert_eq!(*fine.data.borrow(), expected.as_bytes());
     }
@@ -984,9 +1001,9 @@ mod tests {
 
     #[test]
     fn a_subscriber_slot_fits_the_memory_budget() {
-        // `config::SUBSCRIBER_BYTES` counts 64 bytes for the preallocated slot.
+        // `config::SUBSCRIBER_BYTES` counts 80 bytes for the preallocated slot.
         assert!(
-            std::mem::size_of::<Slot>() <= 64,
+            std::mem::size_of::<Slot>() <= 80,
             "{}",
             std::mem::size_of::<Slot>()
         );
