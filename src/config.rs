@@ -316,8 +316,8 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "send_buffer_bytes",
-        Some("0"),
-        "kernel send buffer per stream socket, 0 = the kernel's default",
+        Some("65536"),
+        "kernel send buffer per stream socket (bounds the kernel memory a stalled reader pins; --check-config prints the total), 0 = the kernel's autotuning (up to 4 MiB each)",
     ),
     (
         "fanout_delay_ms",
@@ -791,6 +791,24 @@ pub struct Ceiling {
     pub fixed: usize,
 }
 
+/// Kernel memory one stream socket's send queue can hold beyond its `SO_SNDBUF`: the kernel
+/// doubles the size asked for (bookkeeping overhead), and the write that crosses the limit may
+/// queue one more segment of up to 64 KiB.
+pub const SEND_QUEUE_SLACK: usize = 64 * 1024;
+
+/// Kernel memory the stream sockets' send queues can pin (all subscribers stalled), when
+/// `send_buffer_bytes` bounds them; `None` when it is 0 (the kernel's autotuning, up to the
+/// third field of `net.ipv4.tcp_wmem` per socket).
+pub fn kernel_ceiling(max_subscribers: usize, send_buffer_bytes: usize) -> Option<usize> {
+    (send_buffer_bytes > 0).then(|| {
+        max_subscribers.saturating_mul(
+            send_buffer_bytes
+                .saturating_mul(2)
+                .saturating_add(SEND_QUEUE_SLACK),
+        )
+    })
+}
+
 impl Ceiling {
     pub fn total(&self) -> usize {
         self.rings
@@ -970,6 +988,18 @@ impl Config {
             c.upstream,
             c.fixed
         ));
+        match kernel_ceiling(self.max_subscribers, self.send_buffer_bytes) {
+            Some(k) => out.push_str(&format!(
+                "# kernel socket memory ceiling: {k} bytes ({:.1} MiB) = max_subscribers {} x (2 x send_buffer_bytes {} + {SEND_QUEUE_SLACK}); subscribers dropped for falling behind are reset, which frees theirs at once\n",
+                k as f64 / (1024.0 * 1024.0),
+                self.max_subscribers,
+                self.send_buffer_bytes,
+            )),
+            None => out.push_str(&format!(
+                "# kernel socket memory: not bounded by this daemon (send_buffer_bytes = 0): each of max_subscribers {} stream sockets may grow to the third field of net.ipv4.tcp_wmem (often 4 MiB)\n",
+                self.max_subscribers
+            )),
+        }
         out
     }
 }
@@ -980,6 +1010,22 @@ mod tests {
 
     const MINIMAL: &str =
         "component = sse.localhost\nsecret = s\nmuc = conference.localhost\nrooms = lobby, news\n";
+
+    #[test]
+    fn check_config_prints_the_kernel_part_of_the_ceiling() {
+        let c = parse("t.conf", MINIMAL).unwrap();
+        assert_eq!(c.send_buffer_bytes, 65536);
+        assert!(c.describe().contains(&format!(
+            "# kernel socket memory ceiling: {} bytes",
+            1024 * (2 * 65536 + SEND_QUEUE_SLACK)
+        )));
+        let text = format!("{MINIMAL}send_buffer_bytes = 0\n");
+        let unbounded = parse("t.conf", &text).unwrap().describe();
+        assert!(
+            unbounded.contains("# kernel socket memory: not bounded"),
+            "{unbounded}"
+        );
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

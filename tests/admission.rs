@@ -43,6 +43,44 @@ fn raise_nofile(want: u64) {
     );
 }
 
+/// Like [`connect_from`], with `SO_RCVBUF` set before the handshake (so the window the peer
+/// sees is small from the start).
+fn connect_with_rcvbuf(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only: {to}")
+    };
+    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (local, remote) = (addr(from, 0), addr(*to.ip(), to.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: as in `try_connect_from`; `rcvbuf` is a live i32.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const rcvbuf).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&raw const local).cast(), len) == 0
+            && libc::connect(fd, (&raw const remote).cast(), len) == 0;
+        if !ok {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            panic!("connect {from} -> {to}: {e}");
+        }
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
 /// A TCP connection to `to` from `from` (any port).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     try_connect_from(from, to).unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"))
@@ -332,4 +370,266 @@ fn http_framing_musts_on_the_wire() {
     );
     assert!(reply.ends_with("\r\n\r\n"), "HEAD got a body: {reply:?}");
     assert!(!reply.contains("Content-Length"), "{reply}");
+}
+
+/// `/proc/net/sockstat`'s TCP line: `(mem pages, orphans)` (for the whole host: other tests
+/// running beside this one add noise, hence the slack in the assertions).
+fn sockstat() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/sockstat").expect("/proc/net/sockstat");
+    let tcp = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .expect("TCP line");
+    let field = |name: &str| -> u64 {
+        let words: Vec<&str> = tcp.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == name).expect(name);
+        words[at + 1].parse().expect(name)
+    };
+    (field("mem"), field("orphan"))
+}
+
+/// The kernel part of the ceiling `--check-config` prints, in bytes.
+fn kernel_ceiling(daemon: &Daemon) -> u64 {
+    let out = std::process::Command::new(common::daemon::bin())
+        .arg("--config")
+        .arg(daemon.config_path())
+        .arg("--check-config")
+        .output()
+        .expect("run --check-config");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("# kernel socket memory ceiling: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            // Measuring the kernel's own default (`ADMISSION_SEND_BUFFER=0`): no ceiling.
+            assert!(
+                std::env::var("ADMISSION_SEND_BUFFER").is_ok_and(|v| v == "0"),
+                "no kernel ceiling in --check-config output:\n{text}"
+            );
+            u64::MAX
+        })
+}
+
+/// A subscriber that never reads, with a small receive buffer (so its own side holds little
+/// and the daemon's send queue fills).
+fn stalled(daemon: &Daemon, n: u8) -> TcpStream {
+    let s = connect_from(Ipv4Addr::new(127, 5, 0, n), daemon.http);
+    socket_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 1);
+    let mut s = s;
+    s.write_all(request("lobby").as_bytes()).unwrap();
+    assert_eq!(status_within(&mut s, T), Some(200));
+    s
+}
+
+fn socket_opt(s: &TcpStream, level: i32, name: i32, value: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a live descriptor with a pointer to a live i32 of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// 100 subscribers stop reading while 3 kB messages flow to them and to 3 live readers: the
+/// kernel memory their sockets pin stays under the kernel ceiling `--check-config` prints, the
+/// stalled ones are dropped and their memory freed at once (no orphans), and the live readers
+/// get every message in order. `ADMISSION_SEND_BUFFER` overrides `send_buffer_bytes` (to
+/// measure other sizes; the assertions assume a bounded one).
+#[test]
+fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
+    const STALLED: u8 = 100;
+    const MESSAGES: usize = 400;
+    raise_nofile(4096);
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    prosody.register("alice", "pw");
+    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    alice.join("lobby", "alice");
+    let extra = match std::env::var("ADMISSION_SEND_BUFFER") {
+        Ok(v) => format!("history = 0\nmax_subscribers = 110\nsend_buffer_bytes = {v}"),
+        Err(_) => "history = 0\nmax_subscribers = 110".to_string(),
+    };
+    let daemon = Daemon::start(&prosody, &["lobby"], &extra);
+    let ceiling = kernel_ceiling(&daemon);
+    let mut live: Vec<common::sse::SseClient> = (0..3)
+        .map(|_| common::sse::SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
+        .collect();
+    let (base, base_orphans) = sockstat();
+    let stalled: Vec<TcpStream> = (1..=STALLED).map(|i| stalled(&daemon, i)).collect();
+
+    // Readers run on their own threads, reading as fast as they can.
+    let readers: Vec<_> = live
+        .drain(..)
+        .map(|mut sub| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < MESSAGES {
+                    match sub.next_event(Duration::from_secs(30)) {
+                        Some(e) if e.event_type == "message" => got.push(e.data),
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let page = 4096u64;
+    // The peak, sampled every 2 ms while the messages flow and the stalled ones are dropped.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(sockstat().0);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    for i in 0..MESSAGES {
+        let body = format!("{i:04} {}", "y".repeat(3000));
+        alice.send_groupchat("lobby", &body);
+    }
+    alice.send_groupchat("lobby", "end");
+    let sent_in = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    sampling.store(false, Ordering::Relaxed);
+    let peak = sampler.join().unwrap().max(base);
+    let dropped = {
+        let (_, _, metrics) = http_get(daemon.http, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("muc_eventsource_subscribers_dropped_slow_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (after, orphans) = sockstat();
+    let peak_bytes = (peak.saturating_sub(base)) * page;
+    let after_bytes = after.saturating_sub(base) * page;
+    eprintln!(
+        "stalled: send_buffer_bytes {:?}: {STALLED} stalled, {MESSAGES} x 3 kB sent in {sent_in:?}; \
+         TCP memory +{:.1} MiB at peak ({:.0} KiB per stalled socket), +{:.1} MiB after the drops; \
+         kernel ceiling {:.1} MiB; dropped_slow {dropped}; orphans {base_orphans} -> {orphans}",
+        std::env::var("ADMISSION_SEND_BUFFER").ok(),
+        peak_bytes as f64 / 1048576.0,
+        peak_bytes as f64 / 1024.0 / f64::from(STALLED),
+        after_bytes as f64 / 1048576.0,
+        ceiling as f64 / 1048576.0,
+    );
+    for (n, reader) in readers.into_iter().enumerate() {
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), MESSAGES, "live reader {n} lost messages");
+        for (i, data) in got.iter().enumerate() {
+            assert!(
+                data.contains(&format!("\"{i:04} ")),
+                "live reader {n}: message {i} out of order"
+            );
+        }
+    }
+    assert_eq!(
+        dropped,
+        u64::from(STALLED),
+        "every stalled subscriber dropped"
+    );
+    assert!(
+        peak_bytes < ceiling,
+        "TCP memory grew by {peak_bytes} bytes, over the kernel ceiling {ceiling}"
+    );
+    // Reset, not orphaned: what they held is freed at once.
+    assert!(
+        orphans <= base_orphans + 5,
+        "orphans {base_orphans} -> {orphans}"
+    );
+    assert!(
+        after_bytes < peak_bytes / 4 + (2 << 20),
+        "TCP memory still +{after_bytes} bytes after the drops (peak +{peak_bytes})"
+    );
+    drop(stalled);
+}
+
+/// Events larger than the ring's byte budget (so the ring holds only the newest), sent two at
+/// a time: a reader that keeps up is mid-way through the first when the second evicts it. The
+/// frame it is writing is pinned, so it is never lapped and gets every event whole.
+#[test]
+fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
+    const PAIRS: usize = 8;
+    const BODY: usize = 150_000;
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    prosody.register("alice", "pw");
+    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    alice.join("lobby", "alice");
+    let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nring_bytes = 65536");
+    // A reader on a modest link: a 16 KiB receive buffer, 8 KiB reads about every
+    // millisecond (some MB/s: it keeps up with the room, but a 150 kB event takes it a while).
+    let mut sock = connect_with_rcvbuf(Ipv4Addr::new(127, 6, 0, 1), daemon.http, 16384);
+    sock.write_all(request("lobby").as_bytes()).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut parser = common::sse::SseParser::new();
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 8192];
+        sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        while got.len() < 2 * PAIRS {
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // The response head goes through the parser as an ignored line.
+                    for e in parser.feed(&chunk[..n]) {
+                        if e.event_type == "message" {
+                            got.push(e.data);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    });
+    for i in 0..PAIRS {
+        for half in ["a", "b"] {
+            let body = format!("{i:02}{half} {}", "z".repeat(BODY));
+            alice.send_groupchat("lobby", &body);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let got = reader.join().unwrap();
+    let dropped = {
+        let (_, _, metrics) = http_get(daemon.http, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("muc_eventsource_subscribers_dropped_slow_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    eprintln!(
+        "large events: {} of {} received, dropped_slow {dropped}",
+        got.len(),
+        2 * PAIRS
+    );
+    assert_eq!(
+        dropped,
+        0,
+        "the reader was lapped\n{}",
+        daemon.log_tail_block()
+    );
+    assert_eq!(got.len(), 2 * PAIRS);
+    for (n, data) in got.iter().enumerate() {
+        let want = format!("\"{:02}{} ", n / 2, if n % 2 == 0 { "a" } else { "b" });
+        assert!(data.contains(&want), "event {n} is not {want}");
+        assert!(
+            data.len() > BODY,
+            "event {n} is short: {} bytes",
+            data.len()
+        );
+    }
 }
