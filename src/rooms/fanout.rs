@@ -5,7 +5,8 @@
 //! every idle subscriber of the room as soon as it is published (no task is woken for that),
 //! and a subscriber's own task (`http::sse`), which takes over when the socket is full, the
 //! subscriber fell behind, or it has to write something else (heartbeat, opening). With
-//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs.
+//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs; a pass over
+//! many subscribers is cut in slices that [`continue_passes`] continues.
 
 use std::io::{self, IoSlice, Write};
 use std::time::Duration;
@@ -27,6 +28,18 @@ pub async fn delayed(table: &RoomTable, delay: Duration) {
         std::future::poll_fn(|cx| table.poll_dirty(cx.waker())).await;
         async_io::Timer::after(delay).await;
         table.flush_dirty();
+    }
+}
+
+/// Continues fan-out passes that stopped after a [`super::table::SLICE`] of subscribers,
+/// one slice per room at a time with a yield in between, so that accepting connections, the
+/// component link and other rooms keep moving while a room with thousands of subscribers is
+/// written to. One task for all rooms; while it runs, passes are sliced.
+pub async fn continue_passes(table: &RoomTable) {
+    loop {
+        std::future::poll_fn(|cx| table.poll_unfinished(cx.waker())).await;
+        table.flush_unfinished();
+        futures_lite::future::yield_now().await;
     }
 }
 
