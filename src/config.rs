@@ -200,7 +200,7 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     (
         "max_pending_per_ip",
         Some("8"),
-        "of those, from one address; 0 = no limit beyond max_pending_requests",
+        "of those, from one address (one /64 for IPv6); 0 = no limit beyond max_pending_requests",
     ),
     (
         "ring_events",

@@ -152,8 +152,22 @@ pub async fn serve(
     }
 }
 
+/// Whose a pending connection is, for `max_pending_per_ip`: its IPv4 address, or the /64 of
+/// its IPv6 address (one host or site usually holds a whole /64, so counting single IPv6
+/// addresses would not limit anyone).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// A connection still sending its request head (it holds a head buffer).
 struct Waiting {
+    /// Its [`client_key`].
     ip: IpAddr,
     since: Instant,
     /// Bytes of the head received so far.
@@ -214,7 +228,7 @@ impl Drop for PendingSlot {
 fn admit(server: &'static Server, peer: SocketAddr) -> PendingSlot {
     let config = server.config;
     let now = Instant::now();
-    let ip = peer.ip();
+    let ip = client_key(peer.ip());
     let mut pending = server.pending.borrow_mut();
     let from_ip = pending.iter().filter(|w| w.ip == ip).count();
     let (limit, counter, key) =
@@ -698,4 +712,37 @@ async fn send_now(socket: &Async<TcpStream>, bytes: &[u8]) {
     )
     .await;
     let _ = socket.get_ref().shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_connections_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn the_slowest_pending_connection_is_the_one_that_sent_least_for_its_age() {
+        let now = Instant::now();
+        let waiting = |age_ms: u64, bytes: usize| Waiting {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            since: now - Duration::from_millis(age_ms),
+            bytes: Cell::new(bytes),
+            evicted: Cell::new(false),
+            waker: RefCell::new(None),
+        };
+        // A slowloris 5 s in with 30 bytes against a newcomer with nothing yet.
+        assert!(waiting(5000, 30).slower_than(&waiting(1, 0), now));
+        // Same bytes: the older one.
+        assert!(waiting(2000, 10).slower_than(&waiting(1000, 10), now));
+        // A client 50 ms in with half its head is not slower than a 1 s old trickle.
+        assert!(!waiting(50, 200).slower_than(&waiting(1000, 20), now));
+    }
 }
