@@ -38,6 +38,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// then reads its requests as it arrives instead of piling up unread.
 const ACCEPT_BATCH: usize = 32;
 
+/// Pending connections younger than this are not closed for `max_pending_per_ip`: a burst of
+/// real clients behind one address (NAT, a reverse proxy) may be caught between connecting and
+/// sending; only `max_pending_requests` bounds those.
+const PER_IP_GRACE: Duration = Duration::from_secs(1);
+
 /// What connections share.
 pub struct Server {
     /// The start-up configuration (listen address, table sizes: what needs a restart).
@@ -222,59 +227,65 @@ impl Drop for PendingSlot {
 }
 
 /// Gives `peer` a pending slot. When its address already holds `max_pending_per_ip` of them,
-/// the slowest of those is closed to make room; when the whole table is full, the slowest of
-/// all (see [`Waiting::slower_than`]). A slowloris thus only ever displaces its own
-/// connections, or other slow ones, and a client that sends its head keeps its slot.
+/// the slowest of those (see [`Waiting::slower_than`]) is closed to make room, if it has been
+/// pending for [`PER_IP_GRACE`]; when the whole table is full, the slowest of all. A slowloris
+/// thus mostly displaces its own connections, or other slow ones, and a client that sends its
+/// head keeps its slot.
 fn admit(server: &'static Server, peer: SocketAddr) -> PendingSlot {
     let config = server.config;
     let now = Instant::now();
     let ip = client_key(peer.ip());
     let mut pending = server.pending.borrow_mut();
-    let from_ip = pending.iter().filter(|w| w.ip == ip).count();
-    let (limit, counter, key) =
-        if config.max_pending_per_ip > 0 && from_ip >= config.max_pending_per_ip {
-            let c = &server.table.stats().rejected_per_ip;
-            (Some(ip), Some(c), "max_pending_per_ip")
-        } else if pending.len() >= config.max_pending_requests {
-            (
-                None,
-                Some(&server.table.stats().rejected_pending),
-                "max_pending_requests",
-            )
-        } else {
-            (None, None, "")
-        };
-    if let Some(counter) = counter {
-        let slowest = (0..pending.len())
-            .filter(|&i| limit.is_none_or(|ip| pending[i].ip == ip))
+    let slowest = |pending: &[Rc<Waiting>], of: Option<IpAddr>| {
+        (0..pending.len())
+            .filter(|&i| of.is_none_or(|ip| pending[i].ip == ip))
             .reduce(|a, b| {
                 if pending[b].slower_than(&pending[a], now) {
                     b
                 } else {
                     a
                 }
-            });
-        if let Some(i) = slowest {
-            let victim = pending.swap_remove(i);
-            victim.evict();
-            let (age, sent) = (now.duration_since(victim.since), victim.bytes.get());
-            log::debug!(
-                "{peer}: {} pending: closing {} ({sent} bytes in {age:.1?}) to make room",
-                pending.len() + 1,
-                victim.ip
-            );
-            drop(pending);
-            count(counter, 1);
-            let whose = match limit {
-                Some(ip) => format!("{ip} has"),
-                None => "all clients have".to_string(),
-            };
-            server.warn_limited(&format!(
-                "{whose} {} connections still sending their request: closing the slowest ({sent} bytes in {age:.1?}) and others; raise {key} or lower header_timeout_secs",
-                if limit.is_some() { config.max_pending_per_ip } else { config.max_pending_requests },
-            ));
-            pending = server.pending.borrow_mut();
-        }
+            })
+    };
+    let from_ip = pending.iter().filter(|w| w.ip == ip).count();
+    let per_ip_victim = (config.max_pending_per_ip > 0 && from_ip >= config.max_pending_per_ip)
+        .then(|| slowest(&pending, Some(ip)))
+        .flatten()
+        .filter(|&i| now.duration_since(pending[i].since) >= PER_IP_GRACE);
+    let victim = match per_ip_victim {
+        Some(i) => Some((
+            i,
+            &server.table.stats().rejected_per_ip,
+            "max_pending_per_ip",
+        )),
+        None if pending.len() >= config.max_pending_requests => slowest(&pending, None).map(|i| {
+            (
+                i,
+                &server.table.stats().rejected_pending,
+                "max_pending_requests",
+            )
+        }),
+        None => None,
+    };
+    if let Some((i, counter, key)) = victim {
+        let victim = pending.swap_remove(i);
+        victim.evict();
+        let (age, sent) = (now.duration_since(victim.since), victim.bytes.get());
+        log::debug!(
+            "{peer}: {} pending: closing {} ({sent} bytes in {age:.1?}) to make room",
+            pending.len() + 1,
+            victim.ip
+        );
+        drop(pending);
+        count(counter, 1);
+        let (whose, limit) = match per_ip_victim {
+            Some(_) => (format!("{ip} has"), config.max_pending_per_ip),
+            None => ("all clients have".to_string(), config.max_pending_requests),
+        };
+        server.warn_limited(&format!(
+            "{whose} {limit} connections still sending their request: closing the slowest ({sent} bytes in {age:.1?}) and others; raise {key} or lower header_timeout_secs"
+        ));
+        pending = server.pending.borrow_mut();
     }
     let waiting = Rc::new(Waiting {
         ip,
