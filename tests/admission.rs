@@ -274,10 +274,9 @@ fn slowloris_from_one_address_delays_no_one_else() {
         "slowloris from one address: slowest fresh client answered in {slowest:?}; \
          attacker's connections closed {reopened} times ({closed} counted)"
     );
-    assert!(
-        closed >= 10,
-        "{closed}: the split-head clients got slots without evicting?"
-    );
+    // The table was full: at least one fresh client made room (the slot it freed once its
+    // head was complete then served the next ones).
+    assert!(closed >= 1, "the pending table never filled");
     assert_eq!(victims.len() as u64, closed, "{victims:?}");
     assert!(
         victims.iter().all(|v| v == "127.0.0.1"),
