@@ -50,6 +50,8 @@ pub struct Config {
     pub max_subscribers: usize,
     /// HTTP connections still sending their request head, at most.
     pub max_pending_requests: usize,
+    /// Of those, from one client address (0 = no limit beyond `max_pending_requests`).
+    pub max_pending_per_ip: usize,
     /// Streams merging several rooms, at most (each has a write buffer).
     pub max_multi_streams: usize,
     /// Subscribers of one room, at most (0 = only `max_subscribers` limits them).
@@ -203,6 +205,11 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
         "connections still sending their request",
     ),
     (
+        "max_pending_per_ip",
+        Some("8"),
+        "of those, from one address (one /64 for IPv6); 0 = no limit beyond max_pending_requests",
+    ),
+    (
         "ring_events",
         Some("64"),
         "events kept per room for late readers",
@@ -321,8 +328,8 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "send_buffer_bytes",
-        Some("0"),
-        "kernel send buffer per stream socket, 0 = the kernel's default",
+        Some("65536"),
+        "kernel send buffer per stream socket (bounds the kernel memory a stalled reader pins; --check-config prints the total), 0 = the kernel's autotuning (up to 4 MiB each)",
     ),
     (
         "fanout_delay_ms",
@@ -797,6 +804,7 @@ fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config,
         max_rooms,
         max_subscribers: number("max_subscribers", 1, 1_000_000)?,
         max_pending_requests: number("max_pending_requests", 1, 100_000)?,
+        max_pending_per_ip: number("max_pending_per_ip", 0, 100_000)?,
         max_subscribers_per_room: number("max_subscribers_per_room", 0, 1_000_000)?,
         max_multi_streams: number("max_multi_streams", 0, 100_000)?,
         max_connections_per_ip: number("max_connections_per_ip", 0, 1_000_000)?,
@@ -1045,6 +1053,24 @@ pub struct Ceiling {
     pub fixed: usize,
 }
 
+/// Kernel memory one stream socket's send queue can hold beyond its `SO_SNDBUF`: the kernel
+/// doubles the size asked for (bookkeeping overhead), and the write that crosses the limit may
+/// queue one more segment of up to 64 KiB.
+pub const SEND_QUEUE_SLACK: usize = 64 * 1024;
+
+/// Kernel memory the stream sockets' send queues can pin (all subscribers stalled), when
+/// `send_buffer_bytes` bounds them; `None` when it is 0 (the kernel's autotuning, up to the
+/// third field of `net.ipv4.tcp_wmem` per socket).
+pub fn kernel_ceiling(max_subscribers: usize, send_buffer_bytes: usize) -> Option<usize> {
+    (send_buffer_bytes > 0).then(|| {
+        max_subscribers.saturating_mul(
+            send_buffer_bytes
+                .saturating_mul(2)
+                .saturating_add(SEND_QUEUE_SLACK),
+        )
+    })
+}
+
 impl Ceiling {
     pub fn total(&self) -> usize {
         self.rings
@@ -1058,7 +1084,7 @@ impl Ceiling {
 
 /// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
 /// The fan-out bench measured 0.8–1.0 KiB of RSS per connected subscriber on top of its
-/// preallocated 64-byte slot (docs/BENCHMARKS.md); this rounds that up.
+/// preallocated 80-byte slot (docs/BENCHMARKS.md); this rounds that up.
 pub const SUBSCRIBER_BYTES: usize = 1152;
 /// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
 pub const FIXED_BYTES: usize = 3 << 20;
@@ -1079,11 +1105,13 @@ impl Config {
             self.ring_events * (std::mem::size_of::<Option<crate::rooms::ring::Entry>>() + 3 * 256);
         Ceiling {
             // Each ring may go over its byte budget by one frame (the newest is always kept),
-            // and each frame may have its multi-room twin.
+            // and each frame may have its multi-room twin; plus one evicted frame that
+            // subscribers are still writing (pinned: see `rooms::fanout::Pin`).
             // Saturating: on 32-bit targets large settings would overflow.
             rings: self.max_rooms.saturating_mul(
                 (self.ring_bytes.saturating_add(frame))
                     .saturating_mul(2)
+                    .saturating_add(frame)
                     .saturating_add(ring_slots + 512),
             ),
             subscribers: self.max_subscribers.saturating_mul(SUBSCRIBER_BYTES),
@@ -1134,6 +1162,7 @@ impl Config {
             "max_pending_requests",
             self.max_pending_requests.to_string(),
         );
+        line("max_pending_per_ip", self.max_pending_per_ip.to_string());
         line("max_multi_streams", self.max_multi_streams.to_string());
         line(
             "max_subscribers_per_room",
@@ -1229,6 +1258,18 @@ impl Config {
             c.upstream,
             c.fixed
         ));
+        match kernel_ceiling(self.max_subscribers, self.send_buffer_bytes) {
+            Some(k) => out.push_str(&format!(
+                "# kernel socket memory ceiling: {k} bytes ({:.1} MiB) = max_subscribers {} x (2 x send_buffer_bytes {} + {SEND_QUEUE_SLACK}); subscribers dropped for falling behind are reset, which frees theirs at once\n",
+                k as f64 / (1024.0 * 1024.0),
+                self.max_subscribers,
+                self.send_buffer_bytes,
+            )),
+            None => out.push_str(&format!(
+                "# kernel socket memory: not bounded by this daemon (send_buffer_bytes = 0): each of max_subscribers {} stream sockets may grow to the third field of net.ipv4.tcp_wmem (often 4 MiB)\n",
+                self.max_subscribers
+            )),
+        }
         out
     }
 }
@@ -1239,6 +1280,22 @@ mod tests {
 
     const MINIMAL: &str =
         "component = sse.localhost\nsecret = s\nmuc = conference.localhost\nrooms = lobby, news\n";
+
+    #[test]
+    fn check_config_prints_the_kernel_part_of_the_ceiling() {
+        let c = parse("t.conf", MINIMAL).unwrap();
+        assert_eq!(c.send_buffer_bytes, 65536);
+        assert!(c.describe().contains(&format!(
+            "# kernel socket memory ceiling: {} bytes",
+            1024 * (2 * 65536 + SEND_QUEUE_SLACK)
+        )));
+        let text = format!("{MINIMAL}send_buffer_bytes = 0\n");
+        let unbounded = parse("t.conf", &text).unwrap().describe();
+        assert!(
+            unbounded.contains("# kernel socket memory: not bounded"),
+            "{unbounded}"
+        );
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

@@ -197,6 +197,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
             .spawn(fanout::delayed(table, config.fanout_delay))
             .detach();
     }
+    executor.spawn(fanout::continue_passes(table)).detach();
     if let Some(every) = notify::watchdog_interval() {
         executor
             .spawn(async move {

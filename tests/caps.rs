@@ -73,7 +73,7 @@ fn connections_over_the_per_address_cap_are_closed_unanswered() {
         .collect();
     let reply = http_raw(
         daemon.http,
-        b"GET /eventsource/lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+        b"GET /eventsource/lobby HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\n",
         Duration::from_secs(3),
     );
     assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));

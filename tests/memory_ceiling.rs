@@ -74,7 +74,7 @@ fn peak_rss_stays_under_the_printed_ceiling_at_every_cap() {
             ));
         } else {
             let mut s = TcpStream::connect(daemon.http).unwrap();
-            write!(s, "GET /eventsource/{room} HTTP/1.1\r\n\r\n").unwrap();
+            write!(s, "GET /eventsource/{room} HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
             stalled.push(s);
         }
     }

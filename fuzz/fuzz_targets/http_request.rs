@@ -7,6 +7,9 @@
 //!   and a prefix that is refused stays refused (the same way) as more bytes arrive;
 //! * the head's path, query and `Last-Event-ID` hold no CR, LF or NUL (they end up in log lines
 //!   and are compared with event ids), path and query no space either;
+//! * a head that parses keeps RFC 9112's framing MUSTs, checked against a plain `httparse`
+//!   parse: an HTTP/1.1 request has a `Host`, no request has two, and a `Content-Length` is one
+//!   line of digits;
 //! * `percent_decode` never panics and agrees with a strict reference decoder (RFC 3986: `%`
 //!   followed by exactly two hex digits, result must be UTF-8), also through `query_values`.
 #![no_main]
@@ -82,9 +85,38 @@ fn check_head(head: &Head) {
     }
 }
 
+/// The framing facts of a head `parse` accepted, from `httparse` directly.
+fn check_framing(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
+        panic!("parse accepted a head httparse does not complete");
+    };
+    let named = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect::<Vec<_>>()
+    };
+    let hosts = named("host");
+    assert!(hosts.len() <= 1, "two Host lines accepted");
+    assert!(req.version == Some(0) || hosts.len() == 1, "HTTP/1.1 without Host accepted");
+    let lengths = named("content-length");
+    assert!(lengths.len() <= 1, "two Content-Length lines accepted");
+    if let Some(length) = lengths.first() {
+        let digits = length.trim_ascii();
+        assert!(
+            !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+            "Content-Length {length:?} accepted"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let full = parse(data);
     if let Ok(Some(head)) = &full {
+        check_framing(data);
         check_head(head);
         check_decode(&head.path);
         check_decode(&head.query);

@@ -197,7 +197,7 @@ pub fn cors(config: &Config, origin: Option<&str>) -> String {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::http::request::parse;
+    use crate::http::request::parse_test;
     use crate::rooms::table::RoomTable;
 
     fn setup(extra: &str) -> (Config, RoomTable) {
@@ -220,7 +220,7 @@ mod tests {
     }
 
     fn head(req: &str) -> Head {
-        parse(req.as_bytes()).unwrap().unwrap()
+        parse_test(req)
     }
 
     #[test]

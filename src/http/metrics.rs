@@ -124,6 +124,7 @@ pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
         ("bad_request", &s.rejected_bad_request),
         ("timeout", &s.rejected_timeout),
         ("pending_full", &s.rejected_pending),
+        ("per_ip", &s.rejected_per_ip),
         ("forbidden", &s.rejected_forbidden),
     ] {
         out.sample("rejected_total", &[("reason", reason)], counter.get());

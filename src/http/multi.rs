@@ -311,6 +311,7 @@ pub async fn stream(
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
                 count(&stats.dropped_slow, 1);
+                super::sse::reset_on_close(socket);
                 return Ended::Lapped;
             }
         }

@@ -397,7 +397,7 @@ fn ago(elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    use crate::http::request::parse_test;
 
     /// Public rooms `lobby` and `café`.
     fn table() -> RoomTable {
@@ -439,7 +439,7 @@ mod tests {
     }
 
     fn get_with(req: &str, t: &RoomTable, c: &Config) -> Option<Reply> {
-        route_extra(&parse(req.as_bytes()).unwrap().unwrap(), t, c)
+        route_extra(&parse_test(req), t, c)
     }
 
     fn body(r: &Reply) -> String {

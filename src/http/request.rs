@@ -1,7 +1,10 @@
 //! The HTTP/1.1 request head: parsed strictly with `httparse` into the few facts the routes use.
 //!
 //! Request bodies are never read (every response closes the connection), so `Expect:
-//! 100-continue`, `Content-Length` and `Transfer-Encoding` need no handling beyond being ignored.
+//! 100-continue` and `Transfer-Encoding` need no handling beyond being ignored. The framing
+//! rules RFC 9112 makes a server's MUST are kept all the same: an HTTP/1.1 request without
+//! `Host`, any request with two `Host` lines or an invalid one (§3.2), and a `Content-Length`
+//! that is not one plain number (§6.3) are `400`.
 
 /// Headers accepted in one request; more is `431`.
 pub const MAX_HEADERS: usize = 48;
@@ -86,6 +89,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
         if_none_match: None,
         wants_event_stream: false,
     };
+    check_framing(req.version, req.headers)?;
     for header in req.headers.iter() {
         let name = header.name;
         let known = [
@@ -120,6 +124,51 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
         }
     }
     Ok(Some(head))
+}
+
+/// The RFC 9112 MUSTs on `Host` (§3.2) and `Content-Length` (§6.3): both answer `400`.
+fn check_framing(version: Option<u8>, headers: &[httparse::Header]) -> Result<(), Reject> {
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let mut hosts = named("host");
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Some(1) => {
+            return Err(Reject::Malformed("an HTTP/1.1 request needs a Host header"));
+        }
+        (Some(_), Some(_)) => return Err(Reject::Malformed("more than one Host header")),
+        (Some(host), None) if !valid_host(host) => {
+            return Err(Reject::Malformed("invalid Host header"));
+        }
+        _ => {}
+    }
+    let mut lengths = named("content-length");
+    match (lengths.next(), lengths.next()) {
+        (Some(_), Some(_)) => Err(Reject::Malformed("more than one Content-Length header")),
+        (Some(length), None) if !valid_length(length) => {
+            Err(Reject::Malformed("invalid Content-Length header"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 reg-name, IPv4 or IP-literal), or empty; surrounding
+/// whitespace is optional whitespace. Checked by characters: enough to refuse what no host can
+/// contain (spaces, `/`, `@`, `?`, controls…).
+fn valid_host(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
+/// `1*DIGIT`, at most 19 digits (so it fits a u64).
+fn valid_length(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit)
 }
 
 /// Values of query parameter `name` (`a=1&b=2&a=3`), percent-decoded; broken ones are skipped.
@@ -164,6 +213,22 @@ pub fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// [`parse`] for unit tests written as one string: adds `Host` to an HTTP/1.1 request that
+/// lacks one (so each test need not repeat it), and expects a complete, valid head.
+#[cfg(test)]
+pub fn parse_test(req: &str) -> Head {
+    let mut req = req.to_string();
+    if !req.to_ascii_lowercase().contains("\r\nhost:")
+        && let Some(end) = req.find(" HTTP/1.1\r\n")
+    {
+        req.insert_str(end + " HTTP/1.1\r\n".len(), "Host: test\r\n");
+    }
+    match parse(req.as_bytes()) {
+        Ok(Some(head)) => head,
+        other => panic!("{req:?}: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,7 +243,7 @@ mod tests {
             ("/eventsource/lobby", "x=1")
         );
         assert_eq!(parse(&req[..20]).unwrap(), None);
-        let req = b"GET /e/x HTTP/1.1\r\nlast-event-id:  abc-1 \r\n\r\n";
+        let req = b"GET /e/x HTTP/1.1\r\nHost: h\r\nlast-event-id:  abc-1 \r\n\r\n";
         assert_eq!(
             parse(req).unwrap().unwrap().last_event_id.as_deref(),
             Some("abc-1")
@@ -212,14 +277,56 @@ mod tests {
             Err(Reject::Malformed(_))
         ));
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            parse(b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n"),
             Err(Reject::Malformed(_))
         ));
         let many = format!(
-            "GET / HTTP/1.1\r\n{}\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\n{}\r\n",
             "A: b\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(parse(many.as_bytes()), Err(Reject::TooLarge));
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112() {
+        let malformed = |req: &str| matches!(parse(req.as_bytes()), Err(Reject::Malformed(_)));
+        // HTTP/1.1 needs exactly one valid Host; HTTP/1.0 may omit it.
+        assert!(malformed("GET / HTTP/1.1\r\n\r\n"));
+        assert!(malformed("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"));
+        assert!(malformed("GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"));
+        assert!(malformed("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"));
+        assert!(malformed("GET / HTTP/1.1\r\nHost: u@evil\r\n\r\n"));
+        assert!(malformed("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"));
+        assert!(parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        for host in [
+            "pi.lan:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "",
+            "xn--caf-dma.example",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse(req.as_bytes()).unwrap().is_some(), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_rules_of_rfc_9112() {
+        let with =
+            |lines: &str| parse(format!("GET / HTTP/1.1\r\nHost: h\r\n{lines}\r\n").as_bytes());
+        for bad in [
+            "Content-Length: x\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 1, 1\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999\r\n",
+            "Content-Length: 0\r\nContent-Length: 0\r\n",
+            "Content-Length: 1\r\ncontent-length: 2\r\n",
+        ] {
+            assert!(matches!(with(bad), Err(Reject::Malformed(_))), "{bad:?}");
+        }
+        assert!(with("Content-Length: 0\r\n").unwrap().is_some());
+        assert!(with("Content-Length:  12 \r\n").unwrap().is_some());
     }
 
     #[test]

@@ -20,8 +20,21 @@ Cache-Control: no-cache\r\n\
 Access-Control-Allow-Methods: GET\r\n\
 Access-Control-Max-Age: 7200\r\n\
 X-Accel-Buffering: no\r\n\
+X-Content-Type-Options: nosniff\r\n\
 Connection: close\r\n\r\n"
     )
+}
+
+/// The answer to `HEAD` of a stream: the header fields its `GET` gets (RFC 9110 §9.3.2), no body.
+fn stream_head_only(cors: &str) -> Reply {
+    let mut reply = Reply::with_type(200, "text/event-stream", Vec::new())
+        .header("Cache-Control", "no-cache")
+        .header("Access-Control-Allow-Methods", "GET")
+        .header("Access-Control-Max-Age", "7200")
+        .header("X-Accel-Buffering", "no");
+    reply.headers.push_str(cors);
+    reply.head_only = true;
+    reply
 }
 
 /// Where a new stream starts in its room's ring.
@@ -103,11 +116,16 @@ impl Reply {
         self
     }
 
-    /// The whole response, ready to write (`204` and `304` carry neither body nor length).
+    /// The whole response, ready to write (`204` and `304` carry neither body nor length; the
+    /// `HEAD` of an event stream carries no length either, as its `GET` has none). Every reply
+    /// says `X-Content-Type-Options: nosniff`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let no_body = self.status == 204 || self.status == 304;
+        let close_delimited = self.head_only && self.content_type == "text/event-stream";
         let framing = if no_body {
             String::new()
+        } else if close_delimited {
+            format!("Content-Type: {}\r\n", self.content_type)
         } else {
             format!(
                 "Content-Type: {}\r\nContent-Length: {}\r\n",
@@ -115,8 +133,17 @@ impl Reply {
                 self.body.len()
             )
         };
+        let nosniff = if self
+            .headers
+            .to_ascii_lowercase()
+            .contains("x-content-type-options:")
+        {
+            ""
+        } else {
+            "X-Content-Type-Options: nosniff\r\n"
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\n{framing}Connection: close\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\n{framing}{nosniff}Connection: close\r\n{}\r\n",
             self.status,
             reason(self.status),
             self.headers
@@ -197,19 +224,16 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     if let Some(r) = super::pages::route_extra(head, table, config) {
         return Route::Reply(r);
     }
-    let reply = |r: Reply| {
-        Route::Reply(Reply {
-            head_only: head.method == Method::Head,
-            ..r
-        })
-    };
+    let head_only = head.method == Method::Head;
+    let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     if head.path == "/eventsource" {
         return match multi(head, table, config, &cors) {
             Ok(route) => route,
+            Err(r) if r.head_only => Route::Reply(r),
             Err(r) if r.status == 200 && r.content_type == "text/event-stream" => {
-                Route::NotReady(r)
+                Route::NotReady(Reply { head_only, ..r })
             }
-            Err(r) if r.status == 503 => Route::NotReady(r),
+            Err(r) if r.status == 503 => Route::NotReady(Reply { head_only, ..r }),
             Err(r) => reply(r),
         };
     }
@@ -257,7 +281,8 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             return reply(Reply::text(403, format!("{why}\n")));
         }
         Access::NotYetKnown => {
-            return Route::NotReady(try_later(head, &cors, "the room is being joined", 5));
+            let r = try_later(head, &cors, "the room is being joined", 5);
+            return Route::NotReady(Reply { head_only, ..r });
         }
     }
     if let JoinState::Gone(why) = room.state() {
@@ -265,7 +290,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
         return reply(Reply::text(204, format!("{why}\n")));
     }
     if head.method == Method::Head {
-        return reply(Reply::text(200, ""));
+        return reply(stream_head_only(&cors));
     }
     Route::Stream {
         room: index,
@@ -322,7 +347,7 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
         return Err(Reply::text(204, ""));
     }
     if head.method == Method::Head {
-        return Err(Reply::text(200, ""));
+        return Err(stream_head_only(cors));
     }
     Ok(Route::Multi {
         rooms,
@@ -385,7 +410,7 @@ pub fn start(head: &Head, multi: bool) -> Start {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    use crate::http::request::parse_test;
 
     fn table() -> RoomTable {
         let t = RoomTable::new(2, 4, 4096, 4);
@@ -416,11 +441,7 @@ mod tests {
     }
 
     fn answer(req: &str) -> Route {
-        route(
-            &parse(req.as_bytes()).unwrap().unwrap(),
-            &table(),
-            &config(),
-        )
+        route(&parse_test(req), &table(), &config())
     }
 
     fn status(req: &str) -> u16 {
@@ -470,6 +491,67 @@ mod tests {
             Route::Reply(r) => assert!(r.head_only && r.status == 200),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The header lines of a response, sorted, without the status line.
+    fn header_lines(bytes: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let (head, _) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines: Vec<String> = head.lines().skip(1).map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn head_of_a_stream_has_the_fields_of_its_get_and_no_body() {
+        for (get, head) in [
+            (
+                "GET /eventsource/lobby HTTP/1.1\r\n\r\n",
+                "HEAD /eventsource/lobby HTTP/1.1\r\n\r\n",
+            ),
+            (
+                "GET /eventsource?room=lobby&room=caf%C3%A9 HTTP/1.1\r\n\r\n",
+                "HEAD /eventsource?room=lobby&room=caf%C3%A9 HTTP/1.1\r\n\r\n",
+            ),
+        ] {
+            let stream_head = match answer(get) {
+                Route::Stream { head, .. } | Route::Multi { head, .. } => head,
+                other => panic!("{other:?}"),
+            };
+            let Route::Reply(reply) = answer(head) else {
+                panic!("HEAD is not a reply")
+            };
+            let bytes = reply.to_bytes();
+            assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"));
+            assert!(bytes.ends_with(b"\r\n\r\n"), "a body follows");
+            assert_eq!(header_lines(&bytes), header_lines(stream_head.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn every_reply_says_nosniff_once() {
+        for req in [
+            "GET /eventsource/nope HTTP/1.1\r\n\r\n",
+            "GET /eventsource?room=x%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\n\r\n",
+        ] {
+            let Route::Reply(reply) = answer(req) else {
+                panic!("{req}: not a reply")
+            };
+            let lines = header_lines(&reply.to_bytes());
+            let n = lines
+                .iter()
+                .filter(|l| l.eq_ignore_ascii_case("x-content-type-options: nosniff"))
+                .count();
+            assert_eq!(n, 1, "{req}: {lines:?}");
+        }
+        assert!(stream_head("").contains("X-Content-Type-Options: nosniff\r\n"));
+        let reject = reject(Reject::Malformed("x")).to_bytes();
+        assert!(header_lines(&reject).contains(&"X-Content-Type-Options: nosniff".to_string()));
     }
 
     #[test]
@@ -542,9 +624,7 @@ mod tests {
     fn a_destroyed_room_answers_204() {
         let t = table();
         t.set_state(0, JoinState::Gone("the room was destroyed"));
-        let head = parse(b"GET /eventsource/lobby HTTP/1.1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head = parse_test("GET /eventsource/lobby HTTP/1.1\r\n\r\n");
         assert!(matches!(
             route(&head, &t, &config()),
             Route::Reply(Reply { status: 204, .. })
@@ -562,8 +642,7 @@ mod tests {
         let hidden = t.add("hidden", "c.l", Origin::OnDemand).unwrap();
         let missing = t.add("missing", "c.l", Origin::OnDemand).unwrap();
         let ask = |path: &str| {
-            let req = format!("GET {path} HTTP/1.1\r\n\r\n");
-            route(&parse(req.as_bytes()).unwrap().unwrap(), &t, &c)
+            route(&parse_test(&format!("GET {path} HTTP/1.1\r\n\r\n")), &t, &c)
         };
         assert!(
             matches!(ask("/eventsource/hidden"), Route::NotReady(_)),
@@ -638,18 +717,15 @@ mod tests {
     fn browsers_get_a_refusal_they_recover_from() {
         let t = table();
         t.room(0).info.borrow_mut().known = false;
-        let sse = parse(b"GET /eventsource/lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let sse =
+            parse_test("GET /eventsource/lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n");
         let Route::NotReady(r) = route(&sse, &t, &config()) else {
             panic!("not a not-ready reply")
         };
         assert_eq!((r.status, r.content_type), (200, "text/event-stream"));
         let body = String::from_utf8(r.body).unwrap();
         assert!(body.starts_with("retry: 5000\n\nevent: status\n"), "{body}");
-        let curl = parse(b"GET /eventsource/lobby HTTP/1.1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let curl = parse_test("GET /eventsource/lobby HTTP/1.1\r\n\r\n");
         let Route::NotReady(r) = route(&curl, &t, &config()) else {
             panic!("not a not-ready reply")
         };

@@ -2,18 +2,26 @@
 //! limit, answers it, and hands event-stream requests to the SSE writer.
 //!
 //! Every connection is one task on the executor; nothing here starts a thread. Connections still
-//! sending their head are capped (`max_pending_requests`); subscribers are capped by the room
-//! table's fixed subscriber table.
+//! sending their head are capped (`max_pending_requests`, `max_pending_per_ip`); subscribers are
+//! capped by the room table's fixed subscriber table.
+//!
+//! Admission: a connection whose complete request is already there when its task first runs is
+//! never pending, so a reconnect storm of complete requests is served, not refused. Only one
+//! whose head is found incomplete takes a pending slot; when the table is full, the pending
+//! connection that has sent the least for its age (a slowloris) is closed to make room, not the
+//! newcomer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use futures_lite::{AsyncWriteExt, future};
 
 use super::access::{self, Guard};
 use super::request::{self, Head, Reject};
@@ -30,6 +38,15 @@ use crate::shutdown::Shutdown;
 /// Time allowed to write a short reply before giving up on the client.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections accepted in a row before the accept loop lets the accepted ones run: a burst
+/// then reads its requests as it arrives instead of piling up unread.
+const ACCEPT_BATCH: usize = 32;
+
+/// Pending connections younger than this are not closed for `max_pending_per_ip`: a burst of
+/// real clients behind one address (NAT, a reverse proxy) may be caught between connecting and
+/// sending; only `max_pending_requests` bounds those.
+const PER_IP_GRACE: Duration = Duration::from_secs(1);
+
 /// What connections share.
 pub struct Server {
     /// The start-up configuration (listen address, table sizes: what needs a restart).
@@ -38,7 +55,8 @@ pub struct Server {
     pub settings: &'static Settings,
     pub table: &'static RoomTable,
     pub shutdown: &'static Shutdown,
-    pending: Cell<usize>,
+    /// Connections whose head was found incomplete and that are still sending it.
+    pending: RefCell<Vec<Rc<Waiting>>>,
     /// Multi-room streams open.
     multi_streams: Cell<usize>,
     /// Open connections per client address (only with `max_connections_per_ip`).
@@ -84,7 +102,7 @@ impl Server {
             settings,
             table,
             shutdown,
-            pending: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
             multi_streams: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             last_warning: Cell::new(None),
@@ -98,13 +116,19 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
     Async::<TcpListener>::bind(addr)
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections until shutdown, in batches of at most [`ACCEPT_BATCH`] between yields.
 pub async fn serve(
     server: &'static Server,
     listener: Async<TcpListener>,
     executor: &'static LocalExecutor<'static>,
 ) {
+    let mut batch = 0;
     loop {
+        batch += 1;
+        if batch > ACCEPT_BATCH {
+            batch = 0;
+            future::yield_now().await;
+        }
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             server.shutdown.wait().await;
             None
@@ -115,27 +139,13 @@ pub async fn serve(
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on a full descriptor table.
-                log::warn!(
-                    "accept failed: {e}; raise the open-file limit (ulimit -n) if this repeats"
-                );
+                server.warn_limited(&format!(
+                    "accept failed: {e}; raise the open-file limit (ulimit -n, LimitNOFILE=) if this repeats"
+                ));
                 Timer::after(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if server.pending.get() >= server.config.max_pending_requests {
-            count(&server.table.stats().rejected_pending, 1);
-            server.warn_limited(&format!(
-                "{} connections are still sending their request: refusing {peer} and others; raise max_pending_requests or lower header_timeout_secs",
-                server.pending.get()
-            ));
-            log::debug!(
-                "{peer}: refused, {} requests already pending",
-                server.pending.get()
-            );
-            // Closed unanswered: a network error makes an EventSource retry, where an HTTP
-            // error status would make it give up for good.
-            continue;
-        }
         let Some(per_ip) = PerIp::new(server, peer.ip()) else {
             count(&server.table.stats().rejected_per_ip, 1);
             server.warn_limited(&format!(
@@ -145,12 +155,151 @@ pub async fn serve(
             ));
             continue;
         };
-        // Counted now, not when the task first runs: a burst of accepts must see the count grow.
-        let pending = Pending::new(&server.pending);
         executor
-            .spawn(connection(server, executor, socket, peer, pending, per_ip))
+            .spawn(connection(server, executor, socket, peer, per_ip))
             .detach();
     }
+}
+
+/// Whose a pending connection is, for `max_pending_per_ip`: its IPv4 address, or the /64 of
+/// its IPv6 address (one host or site usually holds a whole /64, so counting single IPv6
+/// addresses would not limit anyone).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// A connection still sending its request head (it holds a head buffer).
+struct Waiting {
+    /// Its [`client_key`].
+    ip: IpAddr,
+    since: Instant,
+    /// Bytes of the head received so far.
+    bytes: Cell<usize>,
+    /// Closed to make room for another connection.
+    evicted: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Waiting {
+    /// Whether `self` has sent less for its age than `other`: (bytes + 1) / age, compared
+    /// without division. A newcomer has had no time to send, so it never looks slow.
+    fn slower_than(&self, other: &Waiting, now: Instant) -> bool {
+        let age = |w: &Waiting| now.duration_since(w.since).as_micros().max(1);
+        let sent = |w: &Waiting| w.bytes.get() as u128 + 1;
+        sent(self) * age(other) < sent(other) * age(self)
+    }
+
+    fn evict(&self) {
+        self.evicted.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once [`Waiting::evict`] was called.
+    async fn evicted(&self) {
+        future::poll_fn(|cx| {
+            if self.evicted.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// A pending-table slot, released when dropped.
+struct PendingSlot {
+    server: &'static Server,
+    waiting: Rc<Waiting>,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut pending = self.server.pending.borrow_mut();
+        if let Some(i) = pending.iter().position(|w| Rc::ptr_eq(w, &self.waiting)) {
+            pending.swap_remove(i);
+        }
+    }
+}
+
+/// Gives `peer` a pending slot. When its address already holds `max_pending_per_ip` of them,
+/// the slowest of those (see [`Waiting::slower_than`]) is closed to make room, if it has been
+/// pending for [`PER_IP_GRACE`]; when the whole table is full, the slowest of all. A slowloris
+/// thus mostly displaces its own connections, or other slow ones, and a client that sends its
+/// head keeps its slot.
+fn admit(server: &'static Server, peer: SocketAddr) -> PendingSlot {
+    let config = server.config;
+    let now = Instant::now();
+    let ip = client_key(peer.ip());
+    let mut pending = server.pending.borrow_mut();
+    let slowest = |pending: &[Rc<Waiting>], of: Option<IpAddr>| {
+        (0..pending.len())
+            .filter(|&i| of.is_none_or(|ip| pending[i].ip == ip))
+            .reduce(|a, b| {
+                if pending[b].slower_than(&pending[a], now) {
+                    b
+                } else {
+                    a
+                }
+            })
+    };
+    let from_ip = pending.iter().filter(|w| w.ip == ip).count();
+    let per_ip_victim = (config.max_pending_per_ip > 0 && from_ip >= config.max_pending_per_ip)
+        .then(|| slowest(&pending, Some(ip)))
+        .flatten()
+        .filter(|&i| now.duration_since(pending[i].since) >= PER_IP_GRACE);
+    let victim = match per_ip_victim {
+        Some(i) => Some((
+            i,
+            &server.table.stats().rejected_per_ip,
+            "max_pending_per_ip",
+        )),
+        None if pending.len() >= config.max_pending_requests => slowest(&pending, None).map(|i| {
+            (
+                i,
+                &server.table.stats().rejected_pending,
+                "max_pending_requests",
+            )
+        }),
+        None => None,
+    };
+    if let Some((i, counter, key)) = victim {
+        let victim = pending.swap_remove(i);
+        victim.evict();
+        let (age, sent) = (now.duration_since(victim.since), victim.bytes.get());
+        log::debug!(
+            "{peer}: {} pending: closing {} ({sent} bytes in {age:.1?}) to make room",
+            pending.len() + 1,
+            victim.ip
+        );
+        drop(pending);
+        count(counter, 1);
+        let (whose, limit) = match per_ip_victim {
+            Some(_) => (format!("{ip} has"), config.max_pending_per_ip),
+            None => ("all clients have".to_string(), config.max_pending_requests),
+        };
+        server.warn_limited(&format!(
+            "{whose} {limit} connections still sending their request: closing the slowest ({sent} bytes in {age:.1?}) and others; raise {key} or lower header_timeout_secs"
+        ));
+        pending = server.pending.borrow_mut();
+    }
+    let waiting = Rc::new(Waiting {
+        ip,
+        since: now,
+        bytes: Cell::new(0),
+        evicted: Cell::new(false),
+        waker: RefCell::new(None),
+    });
+    pending.push(waiting.clone());
+    PendingSlot { server, waiting }
 }
 
 /// Counts a connection against its address's limit until dropped.
@@ -191,7 +340,7 @@ impl Drop for PerIp {
     }
 }
 
-/// Counts one of something (pending connections, multi-room streams) until dropped.
+/// Counts one of something (multi-room streams) until dropped.
 struct Pending<'a>(&'a Cell<usize>);
 
 impl<'a> Pending<'a> {
@@ -212,20 +361,18 @@ async fn connection(
     executor: &'static LocalExecutor<'static>,
     socket: Async<TcpStream>,
     peer: SocketAddr,
-    pending: Pending<'static>,
     per_ip: PerIp,
 ) {
     let live = server.settings.get();
     let config: &Config = &live;
     let head = Box::pin(future::or(
-        read_head(&socket, config.max_head_bytes),
+        read_head(&socket, config.max_head_bytes, || admit(server, peer)),
         async {
             Timer::after(config.header_timeout).await;
             Err(None)
         },
     ))
     .await;
-    drop(pending);
     let head = match head {
         Ok(head) => head,
         Err(None) => {
@@ -548,11 +695,17 @@ async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, pee
     send(socket, &reply.to_bytes()).await;
 }
 
-/// Reads until a complete head. `Err(Some(Ok(reject)))`: refuse it; `Err(Some(Err))`: I/O error.
+/// Reads until a complete head. `Err(Some(Ok(reject)))`: refuse it; `Err(Some(Err))`: I/O
+/// error, or evicted by admission (close unanswered). Reads without waiting first:
+/// only once the head is found incomplete does the connection ask `admit` for a pending slot,
+/// which it holds until this returns.
 async fn read_head(
     socket: &Async<TcpStream>,
     max: usize,
+    admit: impl FnOnce() -> PendingSlot,
 ) -> Result<Head, Option<Result<Reject, io::Error>>> {
+    let mut admit = Some(admit);
+    let mut slot: Option<PendingSlot> = None;
     // Read straight into the head buffer: no fixed array lives in the connection's future,
     // which stays allocated (at its largest state's size) for as long as a stream runs.
     let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
@@ -563,13 +716,45 @@ async fn read_head(
             return Err(Some(Ok(Reject::TooLarge)));
         }
         buf.resize(len + room, 0);
-        let read = (&*socket).read(&mut buf[len..]).await;
+        // The socket is non-blocking: this never waits.
+        let read = socket.get_ref().read(&mut buf[len..]);
         let n = match read {
             Ok(0) => return Err(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                buf.truncate(len);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(len);
+                if let Some(admit) = admit.take() {
+                    let admitted = admit();
+                    admitted.waiting.bytes.set(buf.len());
+                    slot = Some(admitted);
+                }
+                let Some(slot) = &slot else {
+                    return Err(Some(Err(io::ErrorKind::WouldBlock.into())));
+                };
+                let evicted =
+                    future::or(async { socket.readable().await.map(|()| false) }, async {
+                        slot.waiting.evicted().await;
+                        Ok(true)
+                    })
+                    .await;
+                match evicted {
+                    Ok(false) => continue,
+                    // Closed unanswered, like any refusal at the door: an EventSource retries a
+                    // network error, where an error status would make it give up for good.
+                    Ok(true) => return Err(Some(Err(io::Error::other("evicted")))),
+                    Err(e) => return Err(Some(Err(e))),
+                }
+            }
             Err(e) => return Err(Some(Err(e))),
         };
         buf.truncate(len + n);
+        if let Some(slot) = &slot {
+            slot.waiting.bytes.set(buf.len());
+        }
         match request::parse(&buf) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
@@ -608,4 +793,37 @@ async fn send_now(socket: &Async<TcpStream>, bytes: &[u8]) {
     )
     .await;
     let _ = socket.get_ref().shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_connections_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn the_slowest_pending_connection_is_the_one_that_sent_least_for_its_age() {
+        let now = Instant::now();
+        let waiting = |age_ms: u64, bytes: usize| Waiting {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            since: now - Duration::from_millis(age_ms),
+            bytes: Cell::new(bytes),
+            evicted: Cell::new(false),
+            waker: RefCell::new(None),
+        };
+        // A slowloris 5 s in with 30 bytes against a newcomer with nothing yet.
+        assert!(waiting(5000, 30).slower_than(&waiting(1, 0), now));
+        // Same bytes: the older one.
+        assert!(waiting(2000, 10).slower_than(&waiting(1000, 10), now));
+        // A client 50 ms in with half its head is not slower than a 1 s old trickle.
+        assert!(!waiting(50, 200).slower_than(&waiting(1000, 20), now));
+    }
 }

@@ -175,21 +175,24 @@ pub async fn stream(
         let closing = sub.closing();
         let wrote = if held {
             // Nothing is written until the room's flags are known again.
-            if sub.cursor().seq < sub.room().ring().oldest() {
+            if sub.cursor().seq < sub.room().ring().oldest() && sub.cursor().offset == 0 {
                 Ok(Wrote::Lapped)
             } else {
                 Ok(Wrote::CaughtUp)
             }
         } else {
             let mut cursor = sub.cursor();
+            let mut pin = sub.take_pin();
             let wrote = write_pending(
                 &sub.room().ring(),
                 &mut cursor,
+                &mut pin,
                 mask,
                 socket.get_ref(),
                 Some(sub.stats()),
             );
             sub.set_cursor(cursor);
+            sub.set_pin(pin);
             wrote
         };
         if closing {
@@ -206,6 +209,7 @@ pub async fn stream(
             Ok(Wrote::More) => continue,
             Ok(Wrote::Lapped) => {
                 count(&sub.stats().dropped_slow, 1);
+                reset_on_close(&socket);
                 return Ended::Lapped;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
@@ -243,6 +247,14 @@ pub async fn stream(
     }
 }
 
+/// Makes closing `socket` reset the connection (`SO_LINGER` 0) instead of leaving its unsent
+/// data queued in the kernel: a subscriber dropped for not reading would otherwise keep up to a
+/// whole send buffer as an orphan for as long as its peer keeps its window shut.
+pub fn reset_on_close(socket: &Async<TcpStream>) {
+    let _ =
+        rustix::net::sockopt::set_socket_linger(socket.get_ref(), Some(std::time::Duration::ZERO));
+}
+
 /// A stream's socket became readable: a client never sends anything after its request, so
 /// this reads (and discards) to notice it leaving. `true` when it has gone.
 pub fn client_left(socket: &Async<TcpStream>) -> bool {
@@ -271,13 +283,13 @@ async fn wait(
             return Poll::Ready(Woke::Shutdown);
         }
         sub.register(cx.waker());
-        let seq = sub.cursor().seq;
+        let cursor = sub.cursor();
         {
             let ring = sub.room().ring();
             let behind = match sub.mode() {
                 Mode::Wake => true,
-                Mode::Parked => ring.head() > seq,
-                Mode::Blocked => seq < ring.oldest(),
+                Mode::Parked => ring.head() > cursor.seq,
+                Mode::Blocked => cursor.needs() < ring.oldest(),
             };
             if behind {
                 return Poll::Ready(Woke::Retry);

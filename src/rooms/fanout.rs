@@ -5,7 +5,8 @@
 //! every idle subscriber of the room as soon as it is published (no task is woken for that),
 //! and a subscriber's own task (`http::sse`), which takes over when the socket is full, the
 //! subscriber fell behind, or it has to write something else (heartbeat, opening). With
-//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs.
+//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs; a pass over
+//! many subscribers is cut in slices that [`continue_passes`] continues.
 
 use std::io::{self, IoSlice, Write};
 use std::time::Duration;
@@ -27,6 +28,18 @@ pub async fn delayed(table: &RoomTable, delay: Duration) {
         std::future::poll_fn(|cx| table.poll_dirty(cx.waker())).await;
         async_io::Timer::after(delay).await;
         table.flush_dirty();
+    }
+}
+
+/// Continues fan-out passes that stopped after a [`super::table::SLICE`] of subscribers,
+/// one slice per room at a time with a yield in between, so that accepting connections, the
+/// component link and other rooms keep moving while a room with thousands of subscribers is
+/// written to. One task for all rooms; while it runs, passes are sliced.
+pub async fn continue_passes(table: &RoomTable) {
+    loop {
+        std::future::poll_fn(|cx| table.poll_unfinished(cx.waker())).await;
+        table.flush_unfinished();
+        futures_lite::future::yield_now().await;
     }
 }
 
@@ -57,6 +70,21 @@ pub struct Cursor {
     pub offset: usize,
 }
 
+impl Cursor {
+    /// The oldest event this cursor still needs the ring to hold. A frame it is mid-way
+    /// through is pinned (see [`write_pending`]), so then only the one after it.
+    pub fn needs(&self) -> u64 {
+        self.seq + u64::from(self.offset > 0)
+    }
+}
+
+/// The frame a subscriber is mid-way through writing, kept alive by the subscriber itself so
+/// that the ring evicting it does not lap a reader that is keeping up (an event larger than
+/// the ring's byte budget is evicted as soon as the next one arrives). At most one frame per
+/// room outlives the ring this way: a pinned frame is only needed while the ring still holds
+/// the one after it.
+pub type Pin = Option<std::rc::Rc<[u8]>>;
+
 /// Outcome of one non-blocking write attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wrote {
@@ -70,20 +98,32 @@ pub enum Wrote {
 
 /// Writes as many pending frames as the socket takes, in one vectored write. Events whose
 /// kind is not in `mask`, or that were retracted before being started, are skipped. Counts
-/// events and bytes in `stats` when given.
+/// events and bytes in `stats` when given. `pin` holds the frame the cursor is mid-way through
+/// (kept by the caller with the cursor; see [`Pin`]).
 pub fn write_pending<W: Write>(
     ring: &Ring,
     cursor: &mut Cursor,
+    pin: &mut Pin,
     mask: u8,
     mut out: W,
     stats: Option<&Stats>,
 ) -> io::Result<Wrote> {
-    if cursor.seq < ring.oldest() {
+    if cursor.needs() < ring.oldest() {
         return Ok(Wrote::Lapped);
     }
     let mut slices: heapless::Vec<IoSlice<'_>, BATCH> = heapless::Vec::new();
-    let mut seqs: heapless::Vec<u64, BATCH> = heapless::Vec::new();
+    // Each slice's event and the length of its whole frame.
+    let mut seqs: heapless::Vec<(u64, usize), BATCH> = heapless::Vec::new();
     let mut seq = cursor.seq;
+    if seq < ring.oldest() {
+        // The frame being written was evicted: finish it from the pin.
+        let Some(frame) = pin.as_ref().filter(|f| cursor.offset < f.len()) else {
+            return Ok(Wrote::Lapped);
+        };
+        let _ = slices.push(IoSlice::new(&frame[cursor.offset..]));
+        let _ = seqs.push((seq, frame.len()));
+        seq += 1;
+    }
     while let Some(entry) = ring.entry(seq) {
         // A frame already started is finished whatever happened to it since.
         let started = seq == cursor.seq && cursor.offset > 0;
@@ -96,7 +136,7 @@ pub fn write_pending<W: Write>(
             if slices.push(IoSlice::new(part)).is_err() {
                 break;
             }
-            let _ = seqs.push(seq);
+            let _ = seqs.push((seq, entry.frame().len()));
         } else if slices.is_empty() {
             // Nothing gathered yet: skipping moves the cursor itself.
             cursor.seq = seq + 1;
@@ -112,7 +152,8 @@ pub fn write_pending<W: Write>(
     }
     let total = written as u64;
     let mut finished = 0u64;
-    for (slice, &seq) in slices.iter().zip(seqs.iter()) {
+    let before = *cursor;
+    for (slice, &(seq, frame_len)) in slices.iter().zip(seqs.iter()) {
         if written >= slice.len() {
             written -= slice.len();
             cursor.seq = seq + 1;
@@ -120,9 +161,17 @@ pub fn write_pending<W: Write>(
             finished += 1;
         } else {
             cursor.seq = seq;
-            cursor.offset = ring.entry(seq).map_or(0, |e| e.frame().len() - slice.len()) + written;
+            cursor.offset = frame_len - slice.len() + written;
             break;
         }
+    }
+    drop(slices);
+    if cursor.offset == 0 {
+        *pin = None;
+    } else if cursor.seq != before.seq || before.offset == 0 || pin.is_none() {
+        // Mid-way through a frame the ring holds (a pinned one is never left mid-way for
+        // another): pin it.
+        *pin = ring.entry(cursor.seq).map(|e| e.frame().clone());
     }
     if let Some(stats) = stats {
         count(&stats.bytes_out, total);
@@ -198,7 +247,7 @@ pub(crate) mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         assert_eq!(
-            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, &mut None, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
         assert_eq!(sink.calls, 1);
@@ -216,16 +265,54 @@ pub(crate) mod tests {
         };
         let mut c = Cursor { seq: 0, offset: 0 };
         let mut rounds = 0;
-        while write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap() == Wrote::More {
+        while write_pending(&ring, &mut c, &mut None, kind::DEFAULT, &mut sink, None).unwrap()
+            == Wrote::More
+        {
             rounds += 1;
         }
         assert_eq!(sink.data, b"data: one\n\ndata: two\n\n");
         assert_eq!(rounds, 4);
         sink.room = None;
         assert_eq!(
-            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, &mut None, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::CaughtUp
         );
+    }
+
+    #[test]
+    fn a_frame_being_written_is_pinned_so_eviction_does_not_lap_its_reader() {
+        // A byte budget smaller than one frame: each push evicts the one before.
+        let big = |c: char| format!("data: {}\n\n", c.to_string().repeat(3000));
+        let mut ring = Ring::new(8, 1024);
+        ring.push(entry(&big('a'), "e0".into()));
+        let mut sink = Sink {
+            data: vec![],
+            room: Some(1000),
+            calls: 0,
+        };
+        let (mut c, mut pin) = (Cursor::default(), None);
+        let w = |ring: &Ring, c: &mut Cursor, pin: &mut Pin, sink: &mut Sink| {
+            write_pending(ring, c, pin, kind::DEFAULT, sink, None).unwrap()
+        };
+        assert_eq!(w(&ring, &mut c, &mut pin, &mut sink), Wrote::More);
+        assert!(pin.is_some() && c.offset == 1000);
+        ring.push(entry(&big('b'), "e1".into()));
+        assert_eq!(ring.oldest(), 1, "the frame being written was evicted");
+        let mut rounds = 0;
+        while w(&ring, &mut c, &mut pin, &mut sink) == Wrote::More {
+            rounds += 1;
+            assert!(rounds < 20);
+        }
+        assert_eq!(sink.data, format!("{}{}", big('a'), big('b')).as_bytes());
+        assert!(pin.is_none(), "nothing pinned between frames");
+
+        // Mid-way through e2, both it and the one after it evicted: lapped.
+        ring.push(entry(&big('c'), "e2".into()));
+        assert_eq!(w(&ring, &mut c, &mut pin, &mut sink), Wrote::More);
+        ring.push(entry(&big('d'), "e3".into()));
+        ring.push(entry(&big('e'), "e4".into()));
+        assert_eq!(c.needs(), 3);
+        assert_eq!(w(&ring, &mut c, &mut pin, &mut sink), Wrote::Lapped);
     }
 
     #[test]
@@ -241,7 +328,7 @@ pub(crate) mod tests {
             calls: 0,
         };
         assert_eq!(
-            write_pending(&ring, &mut c, kind::DEFAULT, &mut sink, None).unwrap(),
+            write_pending(&ring, &mut c, &mut None, kind::DEFAULT, &mut sink, None).unwrap(),
             Wrote::Lapped
         );
         assert_eq!(sink.calls, 0);

@@ -394,8 +394,18 @@ impl SseClient {
     /// response head. Panics if there is no well-formed head within [`HTTP_TIMEOUT`]; any status
     /// is accepted (check [`SseClient::status`]).
     pub fn connect(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -> SseClient {
+        SseClient::try_connect(addr, path, extra_headers).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`SseClient::connect`] that returns what went wrong (refused, closed unanswered…)
+    /// instead of panicking, for clients that retry as an EventSource does.
+    pub fn try_connect(
+        addr: SocketAddr,
+        path: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<SseClient, String> {
         let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("SSE connect to {addr}: {e}"));
+            .map_err(|e| format!("SSE connect to {addr}: {e}"))?;
         stream.set_nodelay(true).ok();
         stream.set_write_timeout(Some(HTTP_TIMEOUT)).ok();
         let has = |name: &str| {
@@ -416,11 +426,11 @@ impl SseClient {
         req.push_str("\r\n");
         stream
             .write_all(req.as_bytes())
-            .unwrap_or_else(|e| panic!("SSE request write to {addr}: {e}"));
+            .map_err(|e| format!("SSE request write to {addr}: {e}"))?;
         let head = read_head(&mut stream, Instant::now() + HTTP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("SSE GET {path} from {addr}: {e}"));
+            .map_err(|e| format!("SSE GET {path} from {addr}: {e}"))?;
         let body = Body::from_headers(&head.headers, false)
-            .unwrap_or_else(|e| panic!("SSE GET {path} from {addr}: {e}"));
+            .map_err(|e| format!("SSE GET {path} from {addr}: {e}"))?;
         let mut c = SseClient {
             stream,
             status: head.status,
@@ -434,7 +444,7 @@ impl SseClient {
             body_len: 0,
         };
         c.ingest(&head.leftover);
-        c
+        Ok(c)
     }
 
     pub fn status(&self) -> u16 {
