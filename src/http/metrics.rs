@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::routes::Reply;
+use super::reply::Reply;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

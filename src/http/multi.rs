@@ -17,8 +17,8 @@ use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
 use super::access::{Guard, Standing};
-use super::routes::Start;
 use super::sse::Ended;
+use super::start::{Gap, Start};
 use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
@@ -150,18 +150,16 @@ pub fn opening(
     for (follow, start) in follows.iter_mut().zip(starts) {
         let room = follow.sub.room();
         let ring = room.ring();
-        follow.seq = match start {
-            Start::Live => ring.head(),
-            Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-            Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
-            Start::After(id) => match ring.resume_point(id) {
-                Some(seq) => seq,
-                None => gap(&mut out, &room.node(), ring.oldest(), id),
-            },
-            Start::Unknown(id) => gap(&mut out, &room.node(), ring.oldest(), id),
+        let position = start.position(&ring);
+        follow.seq = match &position {
+            Ok(seq) => *seq,
+            Err(gap) => {
+                push_gap(&mut out, &room.node(), gap);
+                gap.oldest
+            }
         };
-        follow.last_id = match start {
-            Start::After(id) if ring.resume_point(id).is_some() => id.clone(),
+        follow.last_id = match (start, position) {
+            (Start::After(id), Ok(_)) => id.clone(),
             _ => follow
                 .seq
                 .checked_sub(1)
@@ -207,19 +205,17 @@ fn push_id(buf: &mut Vec<u8>, follows: &[Follow<'_>]) {
     buf.push(b'\n');
 }
 
-/// Appends the `gap` event of one room whose resume id is not held; returns `oldest`, where
-/// that room then starts.
-fn gap(out: &mut Vec<u8>, node: &str, oldest: u64, id: &str) -> u64 {
+/// Appends the `gap` event of one room whose resume id is not held.
+fn push_gap(out: &mut Vec<u8>, node: &str, gap: &Gap<'_>) {
     let json = Json::new()
         .str("room", node)
-        .str("lastEventId", id)
+        .str("lastEventId", gap.id)
         .str(
             "reason",
             "events after this id are no longer held; some may be missing",
         )
         .finish();
     crate::rooms::frame::push_gap(out, &json);
-    oldest
 }
 
 /// Appends pending events, oldest first across rooms, until `buf` holds [`BUFFER`] bytes.

@@ -24,8 +24,10 @@ use async_io::{Async, Timer};
 use futures_lite::{AsyncWriteExt, future};
 
 use super::access::{self, Guard};
+use super::reply::{self, Reply};
 use super::request::{self, Head, Reject};
-use super::routes::{self, Reply, Route};
+use super::routes::{self, Route};
+use super::start::Start;
 use super::{multi, sse};
 use crate::config::Config;
 use crate::logger::Shown;
@@ -388,7 +390,7 @@ async fn connection(
         Err(Some(Ok(why))) => {
             log::debug!("{peer}: rejected request: {why:?}");
             count(&server.table.stats().rejected_bad_request, 1);
-            send(&socket, &routes::reject(why).to_bytes()).await;
+            send(&socket, &reply::reject(why).to_bytes()).await;
             return;
         }
         Err(Some(Err(_))) => return,
@@ -467,7 +469,7 @@ async fn connection(
                 room.subscribers()
             );
             let asked = match &start {
-                routes::Start::After(id) => id.clone(),
+                Start::After(id) => id.clone(),
                 _ => String::new(),
             };
             let (start, resumed) = Box::pin(from_archive(server.table, room_index, start)).await;
@@ -511,7 +513,7 @@ async fn connection(
                     server.multi_streams.get()
                 ));
                 let cors = super::access::cors(config, head.origin.as_deref());
-                let reply = routes::try_later(&head, &cors, "too many multi-room streams", 10);
+                let reply = reply::try_later(&head, &cors, "too many multi-room streams", 10);
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
@@ -590,12 +592,8 @@ const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 /// `~<n>` (`rooms::resume::archive_after`); anything else (no archive, an empty or minted base,
 /// a foreign id, no answer, the id unknown to the archive too) leaves `start` as it is, and the
 /// stream says `gap`.
-async fn from_archive(
-    table: &RoomTable,
-    room: usize,
-    start: routes::Start,
-) -> (routes::Start, Option<Resumed>) {
-    let routes::Start::After(id) = &start else {
+async fn from_archive(table: &RoomTable, room: usize, start: Start) -> (Start, Option<Resumed>) {
+    let Start::After(id) = &start else {
         return (start, None);
     };
     let r = table.room(room);
@@ -630,10 +628,7 @@ async fn from_archive(
         events.len()
     );
     let short = meet.is_none() && !found.complete;
-    (
-        routes::Start::FromSeq(next),
-        Some(Resumed { events, short }),
-    )
+    (Start::FromSeq(next), Some(Resumed { events, short }))
 }
 
 /// The bytes a single-room stream sends for what the archive gave a resume from `id`.
@@ -663,9 +658,9 @@ async fn resumable(
     socket: &Async<TcpStream>,
     head: &Head,
     rooms: &[usize],
-    start: &routes::Start,
+    start: &Start,
 ) -> bool {
-    if !matches!(start, routes::Start::After(_)) {
+    if !matches!(start, Start::After(_)) {
         return true;
     }
     let synced = || rooms.iter().all(|&r| server.table.room(r).synced());
@@ -677,7 +672,7 @@ async fn resumable(
         return true;
     }
     let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
-    let reply = routes::try_later(head, &cors, "the room is being joined", 5);
+    let reply = reply::try_later(head, &cors, "the room is being joined", 5);
     send(socket, &reply.to_bytes()).await;
     false
 }
@@ -691,7 +686,7 @@ async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, pee
         server.config.max_subscribers_per_room
     ));
     let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
-    let reply = routes::try_later(head, &cors, "too many subscribers", 10);
+    let reply = reply::try_later(head, &cors, "too many subscribers", 10);
     send(socket, &reply.to_bytes()).await;
 }
 

@@ -19,7 +19,7 @@ use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
 use super::access::{Guard, Standing};
-use super::routes::Start;
+use super::start::{Gap, Start};
 use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
 use crate::rooms::frame::Json;
@@ -63,24 +63,20 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
     if retry_ms > 0 {
         out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
     }
-    let seq = match start {
-        Start::Live => ring.head(),
-        Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-        Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
-        Start::After(id) => match ring.resume_point(id) {
-            Some(seq) => seq,
-            None => gap(&mut out, ring, id),
-        },
-        Start::Unknown(id) => gap(&mut out, ring, id),
+    let seq = match start.position(ring) {
+        Ok(seq) => seq,
+        Err(gap) => {
+            push_gap(&mut out, ring, &gap);
+            gap.oldest
+        }
     };
     (out, seq)
 }
 
-/// Appends the `gap` event for a client that resumed from `id`; the stream then starts with the
-/// oldest event held.
-fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
+/// Appends the `gap` event for a client that resumed from an id the ring does not hold.
+fn push_gap(out: &mut Vec<u8>, ring: &Ring, gap: &Gap<'_>) {
     let json = Json::new()
-        .str("lastEventId", id)
+        .str("lastEventId", gap.id)
         .str(
             "reason",
             "events after this id are no longer held; some may be missing",
@@ -88,7 +84,6 @@ fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
         .num("resumingWith", ring.len() as u64)
         .finish();
     crate::rooms::frame::push_gap(out, &json);
-    ring.oldest()
 }
 
 /// How long the last `status: forbidden` event may take to go out.
