@@ -22,7 +22,7 @@ use super::start::{Gap, Start};
 use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
-use crate::rooms::table::{JoinState, Subscription, count};
+use crate::rooms::table::{JoinState, Subscription};
 
 /// Rooms one stream may merge.
 pub const MAX_ROOMS: usize = 8;
@@ -282,8 +282,8 @@ pub async fn stream(
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
-    count(&stats.bytes_out, opening.len() as u64);
-    count(&stats.streams_opened, 1);
+    stats.bytes_out.add(opening.len() as u64);
+    stats.streams_opened.add(1);
     let mut buf: Vec<u8> = Vec::new();
     let mut sent = 0;
     let mut beats = follows[0].sub.heartbeat();
@@ -298,7 +298,7 @@ pub async fn stream(
         // publication order across rooms), the buffer included.
         let held = follows.iter().any(|f| f.held);
         if held && follows.iter().any(|f| f.seq < f.sub.room().ring().oldest()) {
-            count(&stats.dropped_slow, 1);
+            stats.dropped_slow.add(1);
             return Ended::Lapped;
         }
         let closing = follows[0].sub.closing();
@@ -306,7 +306,7 @@ pub async fn stream(
             buf.clear();
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
-                count(&stats.dropped_slow, 1);
+                stats.dropped_slow.add(1);
                 super::sse::reset_on_close(socket);
                 return Ended::Lapped;
             }
@@ -317,7 +317,7 @@ pub async fn stream(
                 Ok(0) => return Ended::ClientGone,
                 Ok(n) => {
                     sent += n;
-                    count(&stats.bytes_out, n as u64);
+                    stats.bytes_out.add(n as u64);
                     if !closing {
                         continue;
                     }

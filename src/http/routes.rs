@@ -13,7 +13,7 @@ use super::{health, metrics, multi, pages};
 use crate::config::Config;
 use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, Room, RoomTable, count};
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, Room, RoomTable};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -111,7 +111,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     match access::check(config, room, head) {
         Access::Allow => {}
         Access::Forbidden(why) => {
-            count(&table.stats().rejected_forbidden, 1);
+            table.stats().rejected_forbidden.add(1);
             return reply(Reply::text(403, format!("{why}\n")));
         }
         Access::NotYetKnown => {
@@ -195,7 +195,7 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
         match access::check(config, table.room(index), head) {
             Access::Allow => {}
             Access::Forbidden(why) => {
-                count(&table.stats().rejected_forbidden, 1);
+                table.stats().rejected_forbidden.add(1);
                 let node = &table.room(index).node();
                 return Err(Reply::text(403, format!("room `{node}`: {why}\n")));
             }

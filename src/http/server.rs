@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::logger::Shown;
 use crate::rooms::archive::Resumed;
 use crate::rooms::resume;
-use crate::rooms::table::{Origin, RoomTable, count};
+use crate::rooms::table::{Origin, RoomTable};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -149,7 +149,7 @@ pub async fn serve(
             }
         };
         let Some(per_ip) = PerIp::new(server, peer.ip()) else {
-            count(&server.table.stats().rejected_per_ip, 1);
+            server.table.stats().rejected_per_ip.add(1);
             server.warn_limited(&format!(
                 "{} has {} connections open: refusing more; raise max_connections_per_ip",
                 peer.ip(),
@@ -283,7 +283,7 @@ fn admit(server: &'static Server, peer: SocketAddr) -> PendingSlot {
             victim.ip
         );
         drop(pending);
-        count(counter, 1);
+        counter.add(1);
         let (whose, limit) = match per_ip_victim {
             Some(_) => (format!("{ip} has"), config.max_pending_per_ip),
             None => ("all clients have".to_string(), config.max_pending_requests),
@@ -382,14 +382,14 @@ async fn connection(
                 "{peer}: no complete request within {:?}",
                 config.header_timeout
             );
-            count(&server.table.stats().rejected_timeout, 1);
+            server.table.stats().rejected_timeout.add(1);
             let reply = Reply::text(408, "request timeout\n");
             send(&socket, &reply.to_bytes()).await;
             return;
         }
         Err(Some(Ok(why))) => {
             log::debug!("{peer}: rejected request: {why:?}");
-            count(&server.table.stats().rejected_bad_request, 1);
+            server.table.stats().rejected_bad_request.add(1);
             send(&socket, &reply::reject(why).to_bytes()).await;
             return;
         }
@@ -507,7 +507,7 @@ async fn connection(
             head: stream_head,
         } => {
             if server.multi_streams.get() >= config.max_multi_streams {
-                count(&server.table.stats().rejected_full, 1);
+                server.table.stats().rejected_full.add(1);
                 server.warn_limited(&format!(
                     "{} multi-room streams open: refusing {peer}; raise max_multi_streams",
                     server.multi_streams.get()

@@ -24,7 +24,8 @@ use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::{JoinState, Mode, RoomTable, Stats, Subscription, count};
+use crate::rooms::stats::Stats;
+use crate::rooms::table::{JoinState, Mode, RoomTable, Subscription};
 
 impl Outlet for Async<TcpStream> {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -119,7 +120,7 @@ pub async fn forbid(
             })
             .await;
         if sent {
-            count(&stats.bytes_out, frame.len() as u64);
+            stats.bytes_out.add(frame.len() as u64);
         }
     }
     Ended::Forbidden(why)
@@ -150,8 +151,8 @@ pub async fn stream(
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
-    count(&sub.stats().bytes_out, opening.len() as u64);
-    count(&sub.stats().streams_opened, 1);
+    sub.stats().bytes_out.add(opening.len() as u64);
+    sub.stats().streams_opened.add(1);
     drop(opening);
     let mut beats = sub.heartbeat();
     loop {
@@ -203,7 +204,7 @@ pub async fn stream(
             }
             Ok(Wrote::More) => continue,
             Ok(Wrote::Lapped) => {
-                count(&sub.stats().dropped_slow, 1);
+                sub.stats().dropped_slow.add(1);
                 reset_on_close(&socket);
                 return Ended::Lapped;
             }
@@ -227,7 +228,7 @@ pub async fn stream(
                 // Only between events; a full socket does not need keeping alive.
                 if sub.cursor().offset == 0 && !want_write {
                     match socket.get_ref().write(b":\n") {
-                        Ok(n) => count(&sub.stats().bytes_out, n as u64),
+                        Ok(n) => sub.stats().bytes_out.add(n as u64),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Ended::ClientGone,
                     }
