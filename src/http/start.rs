@@ -46,3 +46,42 @@ impl Start {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::fanout::tests::ring_with;
+
+    #[test]
+    fn every_start_maps_to_one_position_in_the_ring() {
+        // Ten events in a ring of eight: e0 and e1 are evicted, seq 2..10 are held.
+        let frames: Vec<String> = (0..10).map(|i| format!("data: {i}\n\n")).collect();
+        let ring = ring_with(&frames.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!((ring.oldest(), ring.head()), (2, 10));
+        assert_eq!(Start::Live.position(&ring), Ok(10));
+        assert_eq!(Start::Last(3).position(&ring), Ok(7));
+        assert_eq!(Start::Last(99).position(&ring), Ok(2));
+        assert_eq!(Start::FromSeq(0).position(&ring), Ok(2));
+        assert_eq!(Start::FromSeq(5).position(&ring), Ok(5));
+        assert_eq!(Start::FromSeq(99).position(&ring), Ok(10));
+        assert_eq!(Start::After("e5".into()).position(&ring), Ok(6));
+        assert_eq!(Start::After("e9".into()).position(&ring), Ok(10));
+        let evicted = Start::After("e0".into());
+        assert_eq!(
+            evicted.position(&ring),
+            Err(Gap {
+                id: "e0",
+                oldest: 2
+            })
+        );
+        let unknown = Start::Unknown("e5".into());
+        assert_eq!(
+            unknown.position(&ring),
+            Err(Gap {
+                id: "e5",
+                oldest: 2
+            }),
+            "an unknown id is never looked up"
+        );
+    }
+}
