@@ -61,15 +61,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     let head_only = head.method == Method::Head;
     let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     if head.path == "/eventsource" {
-        return match multi(head, table, config, &cors) {
-            Ok(route) => route,
-            Err(r) if r.head_only => Route::Reply(r),
-            Err(r) if r.status == 200 && r.content_type == "text/event-stream" => {
-                Route::NotReady(Reply { head_only, ..r })
-            }
-            Err(r) if r.status == 503 => Route::NotReady(Reply { head_only, ..r }),
-            Err(r) => reply(r),
-        };
+        return multi(head, table, config, &cors);
     }
     let Some(encoded) = head.path.strip_prefix("/eventsource/") else {
         return reply(Reply::text(
@@ -162,31 +154,33 @@ pub fn monitor(head: &Head, table: &RoomTable, config: &Config) -> Option<Reply>
     })
 }
 
-/// `/eventsource?room=a&room=b`: several rooms on one stream (`Err`: the answer instead).
-fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<Route, Reply> {
+/// `/eventsource?room=a&room=b`: several rooms on one stream.
+fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Route {
+    let head_only = head.method == Method::Head;
+    let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
-            return Err(not_served());
+            return reply(not_served());
         };
         let room = table.room(index);
         // On-demand rooms are added by single-room requests only; one this request may not
         // read (or not yet known) answers as a name never asked for.
         if room.origin() == Origin::OnDemand && access::check(config, room, head) != Access::Allow {
-            return Err(not_served());
+            return reply(not_served());
         }
         if !rooms.contains(&index) {
             rooms.push(index);
         }
     }
     if rooms.is_empty() {
-        return Err(Reply::text(
+        return reply(Reply::text(
             400,
             "name the rooms: /eventsource?room=a&room=b\n",
         ));
     }
     if rooms.len() > multi::MAX_ROOMS {
-        return Err(Reply::text(
+        return reply(Reply::text(
             400,
             format!("at most {} rooms per stream\n", multi::MAX_ROOMS),
         ));
@@ -197,26 +191,27 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
             Access::Forbidden(why) => {
                 table.stats().rejected_forbidden.add(1);
                 let node = &table.room(index).node();
-                return Err(Reply::text(403, format!("room `{node}`: {why}\n")));
+                return reply(Reply::text(403, format!("room `{node}`: {why}\n")));
             }
             Access::NotYetKnown => {
-                return Err(try_later(head, cors, "a room is being joined", 5));
+                let r = try_later(head, cors, "a room is being joined", 5);
+                return Route::NotReady(Reply { head_only, ..r });
             }
         }
     }
     rooms.retain(|&i| !matches!(table.room(i).state(), JoinState::Gone(_)));
     if rooms.is_empty() {
-        return Err(Reply::text(204, ""));
+        return reply(Reply::text(204, ""));
     }
     if head.method == Method::Head {
-        return Err(stream_head_only(cors));
+        return Route::Reply(stream_head_only(cors));
     }
-    Ok(Route::Multi {
+    Route::Multi {
         rooms,
         start: start(head, true),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(cors),
-    })
+    }
 }
 
 /// The answer for a room name the table does not hold, and for an on-demand room this request
@@ -592,6 +587,28 @@ mod tests {
         };
         assert_eq!(r.status, 503);
         assert!(r.headers.contains("Retry-After: 5\r\n"));
+        // The same for a stream of several rooms, one of them not yet known; `HEAD` gets the
+        // head of that reply only.
+        for (req, status) in [
+            (
+                "GET /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+                200,
+            ),
+            (
+                "GET /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\n\r\n",
+                503,
+            ),
+            (
+                "HEAD /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\n\r\n",
+                503,
+            ),
+        ] {
+            let Route::NotReady(r) = route(&parse_test(req), &t, &config()) else {
+                panic!("{req}: not a not-ready reply")
+            };
+            assert_eq!(r.status, status, "{req}");
+            assert_eq!(r.head_only, req.starts_with("HEAD"), "{req}");
+        }
     }
 
     #[test]
