@@ -10,7 +10,7 @@ use futures_lite::{StreamExt, future};
 use muc_eventsource::config::{self, Config};
 use muc_eventsource::http::server::{self, Server};
 use muc_eventsource::http::sse;
-use muc_eventsource::rooms::fanout;
+use muc_eventsource::rooms::flusher;
 use muc_eventsource::rooms::table::{Origin, RoomTable};
 use muc_eventsource::settings::Settings;
 use muc_eventsource::shutdown::Shutdown;
@@ -194,10 +194,10 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
     }
     if !config.fanout_delay.is_zero() {
         executor
-            .spawn(fanout::delayed(table, config.fanout_delay))
+            .spawn(flusher::delayed(table, config.fanout_delay))
             .detach();
     }
-    executor.spawn(fanout::continue_passes(table)).detach();
+    executor.spawn(flusher::continue_passes(table)).detach();
     if let Some(every) = notify::watchdog_interval() {
         executor
             .spawn(async move {

@@ -18,7 +18,8 @@
 use libfuzzer_sys::fuzz_target;
 use muc_eventsource::config::check_room_node;
 use muc_eventsource::http::request::{parse, percent_decode};
-use muc_eventsource::http::routes::{Start, start};
+use muc_eventsource::http::routes::start;
+use muc_eventsource::http::start::Start;
 use muc_eventsource::http::multi;
 use muc_eventsource::rooms::resume::{Shapes, archive_after, EventId};
 use muc_eventsource::xmpp::iq::{self, IqId, NS_DISCO_INFO};

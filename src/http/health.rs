@@ -1,7 +1,7 @@
 //! `GET /healthz`: `200 ok` when the component link is up and every room is joined, otherwise
 //! `503` with one line saying what is wrong (for a load balancer, systemd, or a person).
 
-use super::routes::Reply;
+use super::reply::Reply;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
 /// `Ok` when healthy, else the one-line reason (`upstream link down`, `room lobby: joining`, …;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::routes::Reply;
+use super::reply::Reply;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -187,7 +187,6 @@ pub fn escape_help(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rooms::table::count;
 
     #[test]
     fn label_values_are_escaped() {
@@ -212,13 +211,13 @@ mod tests {
         );
         let s = t.stats();
         s.upstream_up.set(true);
-        count(&s.reconnects, 2);
-        count(&s.events_in, 7);
-        count(&s.events_out, 21);
-        count(&s.bytes_out, 4096);
-        count(&s.dropped_slow, 1);
-        count(&s.rejected_full, 3);
-        count(&s.rejected_timeout, 4);
+        s.reconnects.add(2);
+        s.events_in.add(7);
+        s.events_out.add(21);
+        s.bytes_out.add(4096);
+        s.dropped_slow.add(1);
+        s.rejected_full.add(3);
+        s.rejected_timeout.add(4);
         t.set_state(0, JoinState::Joined);
         let _sub = t.subscribe(0).unwrap();
         let text = render(&t, &|_| true);

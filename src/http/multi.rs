@@ -17,12 +17,12 @@ use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
 use super::access::{Guard, Standing};
-use super::routes::Start;
 use super::sse::Ended;
+use super::start::{Gap, Start};
 use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
-use crate::rooms::table::{JoinState, Subscription, count};
+use crate::rooms::table::{JoinState, Subscription};
 
 /// Rooms one stream may merge.
 pub const MAX_ROOMS: usize = 8;
@@ -150,18 +150,16 @@ pub fn opening(
     for (follow, start) in follows.iter_mut().zip(starts) {
         let room = follow.sub.room();
         let ring = room.ring();
-        follow.seq = match start {
-            Start::Live => ring.head(),
-            Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-            Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
-            Start::After(id) => match ring.resume_point(id) {
-                Some(seq) => seq,
-                None => gap(&mut out, &room.node(), ring.oldest(), id),
-            },
-            Start::Unknown(id) => gap(&mut out, &room.node(), ring.oldest(), id),
+        let position = start.position(&ring);
+        follow.seq = match &position {
+            Ok(seq) => *seq,
+            Err(gap) => {
+                push_gap(&mut out, &room.node(), gap);
+                gap.oldest
+            }
         };
-        follow.last_id = match start {
-            Start::After(id) if ring.resume_point(id).is_some() => id.clone(),
+        follow.last_id = match (start, position) {
+            (Start::After(id), Ok(_)) => id.clone(),
             _ => follow
                 .seq
                 .checked_sub(1)
@@ -207,19 +205,17 @@ fn push_id(buf: &mut Vec<u8>, follows: &[Follow<'_>]) {
     buf.push(b'\n');
 }
 
-/// Appends the `gap` event of one room whose resume id is not held; returns `oldest`, where
-/// that room then starts.
-fn gap(out: &mut Vec<u8>, node: &str, oldest: u64, id: &str) -> u64 {
+/// Appends the `gap` event of one room whose resume id is not held.
+fn push_gap(out: &mut Vec<u8>, node: &str, gap: &Gap<'_>) {
     let json = Json::new()
         .str("room", node)
-        .str("lastEventId", id)
+        .str("lastEventId", gap.id)
         .str(
             "reason",
             "events after this id are no longer held; some may be missing",
         )
         .finish();
     crate::rooms::frame::push_gap(out, &json);
-    oldest
 }
 
 /// Appends pending events, oldest first across rooms, until `buf` holds [`BUFFER`] bytes.
@@ -286,8 +282,8 @@ pub async fn stream(
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
-    count(&stats.bytes_out, opening.len() as u64);
-    count(&stats.streams_opened, 1);
+    stats.bytes_out.add(opening.len() as u64);
+    stats.streams_opened.add(1);
     let mut buf: Vec<u8> = Vec::new();
     let mut sent = 0;
     let mut beats = follows[0].sub.heartbeat();
@@ -302,7 +298,7 @@ pub async fn stream(
         // publication order across rooms), the buffer included.
         let held = follows.iter().any(|f| f.held);
         if held && follows.iter().any(|f| f.seq < f.sub.room().ring().oldest()) {
-            count(&stats.dropped_slow, 1);
+            stats.dropped_slow.add(1);
             return Ended::Lapped;
         }
         let closing = follows[0].sub.closing();
@@ -310,7 +306,7 @@ pub async fn stream(
             buf.clear();
             sent = 0;
             if fill(follows, mask, &mut buf).is_err() {
-                count(&stats.dropped_slow, 1);
+                stats.dropped_slow.add(1);
                 super::sse::reset_on_close(socket);
                 return Ended::Lapped;
             }
@@ -321,7 +317,7 @@ pub async fn stream(
                 Ok(0) => return Ended::ClientGone,
                 Ok(n) => {
                     sent += n;
-                    count(&stats.bytes_out, n as u64);
+                    stats.bytes_out.add(n as u64);
                     if !closing {
                         continue;
                     }

@@ -1,5 +1,6 @@
 //! The LAN room monitor: an index of the rooms (`/`), a live view per room for wall displays
-//! (`/view/<room>`), their two static assets (`/assets/…`), plus `/healthz` and `/metrics`.
+//! (`/view/<room>`) and their two static assets (`/assets/…`), each built here and dispatched by
+//! [`super::routes`], which also asks [`listed`] which rooms `/healthz` and `/metrics` name.
 //!
 //! Everything is in the binary (`include_str!`), nothing is fetched from elsewhere, so the pages
 //! work on a LAN without Internet. Pages are HTML rendered here with every room-supplied string
@@ -17,9 +18,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::access::{self, Access};
-use super::request::{Head, Method, percent_decode, percent_encode, query_values};
-use super::routes::Reply;
-use super::{health, metrics};
+use super::reply::Reply;
+use super::request::{Head, percent_decode, percent_encode, query_values};
 use crate::config::Config;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
@@ -44,32 +44,6 @@ connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'";
 const HTML: &str = "text/html; charset=utf-8";
 const CSS_TYPE: &str = "text/css; charset=utf-8";
 const JS_TYPE: &str = "text/javascript; charset=utf-8";
-
-/// Answers the monitor's paths (`/`, `/view/<room>`, `/assets/…`, `/healthz`, `/metrics`) for
-/// `GET` and `HEAD`; `None` for every other request, which [`super::routes::route`] handles.
-pub fn route_extra(head: &Head, table: &RoomTable, config: &Config) -> Option<Reply> {
-    if !matches!(head.method, Method::Get | Method::Head) {
-        return None;
-    }
-    let path = head.path.as_str();
-    let reply = if path == "/" {
-        index(head, table, config, SystemTime::now())
-    } else if let Some(encoded) = path.strip_prefix("/view/") {
-        view(head, table, config, encoded)
-    } else if let Some(name) = path.strip_prefix("/assets/") {
-        asset(head, name)
-    } else if path == "/healthz" {
-        health::reply(table, &|room| listed(head, config, room))
-    } else if path == "/metrics" {
-        metrics::reply(table, &|room| listed(head, config, room))
-    } else {
-        return None;
-    };
-    Some(Reply {
-        head_only: head.method == Method::Head,
-        ..reply
-    })
-}
 
 /// The index: every room with its state, subject, occupants, last message and subscribers, and
 /// the state of the component link. Reloads itself every [`INDEX_REFRESH_SECS`] (a `304` when
@@ -438,8 +412,9 @@ mod tests {
         get_with(req, t, &config(""))
     }
 
+    /// What the dispatcher answers for the monitor's paths (`None`: not one of them).
     fn get_with(req: &str, t: &RoomTable, c: &Config) -> Option<Reply> {
-        route_extra(&parse_test(req), t, c)
+        crate::http::routes::monitor(&parse_test(req), t, c)
     }
 
     fn body(r: &Reply) -> String {

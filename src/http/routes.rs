@@ -1,58 +1,19 @@
-//! Routing: which answer a parsed request gets. Pure: no I/O, so every answer is unit-tested.
+//! Routing: which answer a parsed request gets. The one dispatcher: streams (`/eventsource…`),
+//! the monitor's pages and assets ([`super::pages`]), `/healthz` ([`super::health`]) and
+//! `/metrics` ([`super::metrics`]), which only build replies. Pure: no I/O, so every answer is
+//! unit-tested.
+
+use std::time::SystemTime;
 
 use super::access::{self, Access};
-use super::multi;
-use super::request::{Head, Method, Reject, percent_decode, query_values};
+use super::reply::{Reply, stream_head, stream_head_only, try_later};
+use super::request::{Head, Method, percent_decode, query_values};
+use super::start::Start;
+use super::{health, metrics, multi, pages};
 use crate::config::Config;
-use crate::rooms::frame::Json;
 use crate::rooms::resume::EventId;
 use crate::rooms::ring::kind;
-use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, RoomTable, count};
-
-/// The head of every event stream: what `mod_muc_eventsource` sends (`*` is replaced by the
-/// CORS lines for the request), plus `Cache-Control` and `X-Accel-Buffering` for proxies.
-pub fn stream_head(cors: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream\r\n\
-Cache-Control: no-cache\r\n\
-{cors}\
-Access-Control-Allow-Methods: GET\r\n\
-Access-Control-Max-Age: 7200\r\n\
-X-Accel-Buffering: no\r\n\
-X-Content-Type-Options: nosniff\r\n\
-Connection: close\r\n\r\n"
-    )
-}
-
-/// The answer to `HEAD` of a stream: the header fields its `GET` gets (RFC 9110 §9.3.2), no body.
-fn stream_head_only(cors: &str) -> Reply {
-    let mut reply = Reply::with_type(200, "text/event-stream", Vec::new())
-        .header("Cache-Control", "no-cache")
-        .header("Access-Control-Allow-Methods", "GET")
-        .header("Access-Control-Max-Age", "7200")
-        .header("X-Accel-Buffering", "no");
-    reply.headers.push_str(cors);
-    reply.head_only = true;
-    reply
-}
-
-/// Where a new stream starts in its room's ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// With the next event.
-    Live,
-    /// After the event with this id (`Last-Event-ID`, or `?lastEventId=`): an id in a shape
-    /// this daemon issues (`rooms::resume`; a composite id for a stream of several rooms).
-    After(String),
-    /// After an id this daemon cannot have issued: the stream says `gap` and starts with the
-    /// oldest event held. Such an id is never looked up anywhere else.
-    Unknown(String),
-    /// With the last `n` events held (`?history=n`).
-    Last(usize),
-    /// With this ring sequence number (after messages fetched from the room's archive).
-    FromSeq(u64),
-}
+use crate::rooms::table::{JoinState, Origin, ROOM_MISSING, Room, RoomTable};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -76,133 +37,6 @@ pub enum Route {
     Reply(Reply),
 }
 
-/// A complete response (everything but streams).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    /// Extra header lines, each ending in CRLF.
-    pub headers: String,
-    pub body: Vec<u8>,
-    /// `HEAD` requests get the headers only.
-    pub head_only: bool,
-}
-
-impl Reply {
-    pub fn text(status: u16, body: impl Into<String>) -> Reply {
-        Reply::with_type(
-            status,
-            "text/plain; charset=utf-8",
-            body.into().into_bytes(),
-        )
-    }
-
-    pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            content_type,
-            headers: String::new(),
-            body,
-            head_only: false,
-        }
-    }
-
-    /// Adds a header line.
-    pub fn header(mut self, name: &str, value: &str) -> Reply {
-        self.headers.push_str(name);
-        self.headers.push_str(": ");
-        self.headers.push_str(value);
-        self.headers.push_str("\r\n");
-        self
-    }
-
-    /// The whole response, ready to write (`204` and `304` carry neither body nor length; the
-    /// `HEAD` of an event stream carries no length either, as its `GET` has none). Every reply
-    /// says `X-Content-Type-Options: nosniff`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let no_body = self.status == 204 || self.status == 304;
-        let close_delimited = self.head_only && self.content_type == "text/event-stream";
-        let framing = if no_body {
-            String::new()
-        } else if close_delimited {
-            format!("Content-Type: {}\r\n", self.content_type)
-        } else {
-            format!(
-                "Content-Type: {}\r\nContent-Length: {}\r\n",
-                self.content_type,
-                self.body.len()
-            )
-        };
-        let nosniff = if self
-            .headers
-            .to_ascii_lowercase()
-            .contains("x-content-type-options:")
-        {
-            ""
-        } else {
-            "X-Content-Type-Options: nosniff\r\n"
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\n{framing}{nosniff}Connection: close\r\n{}\r\n",
-            self.status,
-            reason(self.status),
-            self.headers
-        )
-        .into_bytes();
-        if !self.head_only && !no_body {
-            out.extend_from_slice(&self.body);
-        }
-        out
-    }
-}
-
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        304 => "Not Modified",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
-/// The answer to a request head that could not be parsed.
-pub fn reject(why: Reject) -> Reply {
-    match why {
-        Reject::Malformed(what) => Reply::text(400, format!("bad request: {what}\n")),
-        Reject::TooLarge => Reply::text(431, "request head too large\n"),
-    }
-}
-
-/// A refusal a browser recovers from. An EventSource gives up for good on any status but
-/// 200, leaving a wall display frozen; so it gets a 200 event stream holding `retry:` and a
-/// `status` event, which ends at once: the browser reconnects after `retry`. Other clients
-/// get `503` with `Retry-After`.
-pub fn try_later(head: &Head, cors: &str, reason: &str, retry_secs: u32) -> Reply {
-    if !head.wants_event_stream {
-        return Reply::text(503, format!("{reason}; retry later\n"))
-            .header("Retry-After", &retry_secs.to_string());
-    }
-    let json = Json::new()
-        .str("status", "unavailable")
-        .str("reason", reason)
-        .finish();
-    let mut body = format!("retry: {}\n\nevent: status\ndata: ", retry_secs * 1000).into_bytes();
-    body.extend_from_slice(&json);
-    body.extend_from_slice(b"\n\n");
-    let mut reply =
-        Reply::with_type(200, "text/event-stream", body).header("Cache-Control", "no-cache");
-    reply.headers.push_str(cors);
-    reply
-}
-
 pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     let cors = access::cors(config, head.origin.as_deref());
     if head.method == Method::Options {
@@ -221,21 +55,13 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
             Reply::text(405, "only GET is served here\n").header("Allow", "GET, HEAD, OPTIONS"),
         );
     }
-    if let Some(r) = super::pages::route_extra(head, table, config) {
+    if let Some(r) = monitor(head, table, config) {
         return Route::Reply(r);
     }
     let head_only = head.method == Method::Head;
     let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     if head.path == "/eventsource" {
-        return match multi(head, table, config, &cors) {
-            Ok(route) => route,
-            Err(r) if r.head_only => Route::Reply(r),
-            Err(r) if r.status == 200 && r.content_type == "text/event-stream" => {
-                Route::NotReady(Reply { head_only, ..r })
-            }
-            Err(r) if r.status == 503 => Route::NotReady(Reply { head_only, ..r }),
-            Err(r) => reply(r),
-        };
+        return multi(head, table, config, &cors);
     }
     let Some(encoded) = head.path.strip_prefix("/eventsource/") else {
         return reply(Reply::text(
@@ -277,7 +103,7 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     match access::check(config, room, head) {
         Access::Allow => {}
         Access::Forbidden(why) => {
-            count(&table.stats().rejected_forbidden, 1);
+            table.stats().rejected_forbidden.add(1);
             return reply(Reply::text(403, format!("{why}\n")));
         }
         Access::NotYetKnown => {
@@ -300,31 +126,61 @@ pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     }
 }
 
-/// `/eventsource?room=a&room=b`: several rooms on one stream (`Err`: the answer instead).
-fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<Route, Reply> {
+/// The monitor's paths (`/`, `/view/<room>`, `/assets/…`, `/healthz`, `/metrics`) for `GET`
+/// and `HEAD`; `None` for every other request. The pages and the health and metrics reports
+/// name only the rooms [`pages::listed`] lets this request see.
+pub fn monitor(head: &Head, table: &RoomTable, config: &Config) -> Option<Reply> {
+    if !matches!(head.method, Method::Get | Method::Head) {
+        return None;
+    }
+    let listed = |room: &Room| pages::listed(head, config, room);
+    let path = head.path.as_str();
+    let reply = if path == "/" {
+        pages::index(head, table, config, SystemTime::now())
+    } else if let Some(encoded) = path.strip_prefix("/view/") {
+        pages::view(head, table, config, encoded)
+    } else if let Some(name) = path.strip_prefix("/assets/") {
+        pages::asset(head, name)
+    } else if path == "/healthz" {
+        health::reply(table, &listed)
+    } else if path == "/metrics" {
+        metrics::reply(table, &listed)
+    } else {
+        return None;
+    };
+    Some(Reply {
+        head_only: head.method == Method::Head,
+        ..reply
+    })
+}
+
+/// `/eventsource?room=a&room=b`: several rooms on one stream.
+fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Route {
+    let head_only = head.method == Method::Head;
+    let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     let mut rooms = Vec::new();
     for node in query_values(&head.query, "room") {
         let Some(index) = table.find_node(&node) else {
-            return Err(not_served());
+            return reply(not_served());
         };
         let room = table.room(index);
         // On-demand rooms are added by single-room requests only; one this request may not
         // read (or not yet known) answers as a name never asked for.
         if room.origin() == Origin::OnDemand && access::check(config, room, head) != Access::Allow {
-            return Err(not_served());
+            return reply(not_served());
         }
         if !rooms.contains(&index) {
             rooms.push(index);
         }
     }
     if rooms.is_empty() {
-        return Err(Reply::text(
+        return reply(Reply::text(
             400,
             "name the rooms: /eventsource?room=a&room=b\n",
         ));
     }
     if rooms.len() > multi::MAX_ROOMS {
-        return Err(Reply::text(
+        return reply(Reply::text(
             400,
             format!("at most {} rooms per stream\n", multi::MAX_ROOMS),
         ));
@@ -333,28 +189,29 @@ fn multi(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Result<
         match access::check(config, table.room(index), head) {
             Access::Allow => {}
             Access::Forbidden(why) => {
-                count(&table.stats().rejected_forbidden, 1);
+                table.stats().rejected_forbidden.add(1);
                 let node = &table.room(index).node();
-                return Err(Reply::text(403, format!("room `{node}`: {why}\n")));
+                return reply(Reply::text(403, format!("room `{node}`: {why}\n")));
             }
             Access::NotYetKnown => {
-                return Err(try_later(head, cors, "a room is being joined", 5));
+                let r = try_later(head, cors, "a room is being joined", 5);
+                return Route::NotReady(Reply { head_only, ..r });
             }
         }
     }
     rooms.retain(|&i| !matches!(table.room(i).state(), JoinState::Gone(_)));
     if rooms.is_empty() {
-        return Err(Reply::text(204, ""));
+        return reply(Reply::text(204, ""));
     }
     if head.method == Method::Head {
-        return Err(stream_head_only(cors));
+        return Route::Reply(stream_head_only(cors));
     }
-    Ok(Route::Multi {
+    Route::Multi {
         rooms,
         start: start(head, true),
         mask: mask(head, kind::DEFAULT | config.events),
         head: stream_head(cors),
-    })
+    }
 }
 
 /// The answer for a room name the table does not hold, and for an on-demand room this request
@@ -410,7 +267,8 @@ pub fn start(head: &Head, multi: bool) -> Start {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse_test;
+    use crate::http::reply::reject;
+    use crate::http::request::{Reject, parse_test};
 
     fn table() -> RoomTable {
         let t = RoomTable::new(2, 4, 4096, 4);
@@ -729,6 +587,28 @@ mod tests {
         };
         assert_eq!(r.status, 503);
         assert!(r.headers.contains("Retry-After: 5\r\n"));
+        // The same for a stream of several rooms, one of them not yet known; `HEAD` gets the
+        // head of that reply only.
+        for (req, status) in [
+            (
+                "GET /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+                200,
+            ),
+            (
+                "GET /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\n\r\n",
+                503,
+            ),
+            (
+                "HEAD /eventsource?room=caf%C3%A9&room=lobby HTTP/1.1\r\n\r\n",
+                503,
+            ),
+        ] {
+            let Route::NotReady(r) = route(&parse_test(req), &t, &config()) else {
+                panic!("{req}: not a not-ready reply")
+            };
+            assert_eq!(r.status, status, "{req}");
+            assert_eq!(r.head_only, req.starts_with("HEAD"), "{req}");
+        }
     }
 
     #[test]

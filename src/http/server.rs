@@ -24,14 +24,16 @@ use async_io::{Async, Timer};
 use futures_lite::{AsyncWriteExt, future};
 
 use super::access::{self, Guard};
+use super::reply::{self, Reply};
 use super::request::{self, Head, Reject};
-use super::routes::{self, Reply, Route};
+use super::routes::{self, Route};
+use super::start::Start;
 use super::{multi, sse};
 use crate::config::Config;
 use crate::logger::Shown;
 use crate::rooms::archive::Resumed;
 use crate::rooms::resume;
-use crate::rooms::table::{Origin, RoomTable, count};
+use crate::rooms::table::{Origin, RoomTable};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -147,7 +149,7 @@ pub async fn serve(
             }
         };
         let Some(per_ip) = PerIp::new(server, peer.ip()) else {
-            count(&server.table.stats().rejected_per_ip, 1);
+            server.table.stats().rejected_per_ip.add(1);
             server.warn_limited(&format!(
                 "{} has {} connections open: refusing more; raise max_connections_per_ip",
                 peer.ip(),
@@ -281,7 +283,7 @@ fn admit(server: &'static Server, peer: SocketAddr) -> PendingSlot {
             victim.ip
         );
         drop(pending);
-        count(counter, 1);
+        counter.add(1);
         let (whose, limit) = match per_ip_victim {
             Some(_) => (format!("{ip} has"), config.max_pending_per_ip),
             None => ("all clients have".to_string(), config.max_pending_requests),
@@ -380,15 +382,15 @@ async fn connection(
                 "{peer}: no complete request within {:?}",
                 config.header_timeout
             );
-            count(&server.table.stats().rejected_timeout, 1);
+            server.table.stats().rejected_timeout.add(1);
             let reply = Reply::text(408, "request timeout\n");
             send(&socket, &reply.to_bytes()).await;
             return;
         }
         Err(Some(Ok(why))) => {
             log::debug!("{peer}: rejected request: {why:?}");
-            count(&server.table.stats().rejected_bad_request, 1);
-            send(&socket, &routes::reject(why).to_bytes()).await;
+            server.table.stats().rejected_bad_request.add(1);
+            send(&socket, &reply::reject(why).to_bytes()).await;
             return;
         }
         Err(Some(Err(_))) => return,
@@ -467,7 +469,7 @@ async fn connection(
                 room.subscribers()
             );
             let asked = match &start {
-                routes::Start::After(id) => id.clone(),
+                Start::After(id) => id.clone(),
                 _ => String::new(),
             };
             let (start, resumed) = Box::pin(from_archive(server.table, room_index, start)).await;
@@ -505,13 +507,13 @@ async fn connection(
             head: stream_head,
         } => {
             if server.multi_streams.get() >= config.max_multi_streams {
-                count(&server.table.stats().rejected_full, 1);
+                server.table.stats().rejected_full.add(1);
                 server.warn_limited(&format!(
                     "{} multi-room streams open: refusing {peer}; raise max_multi_streams",
                     server.multi_streams.get()
                 ));
                 let cors = super::access::cors(config, head.origin.as_deref());
-                let reply = routes::try_later(&head, &cors, "too many multi-room streams", 10);
+                let reply = reply::try_later(&head, &cors, "too many multi-room streams", 10);
                 send(&socket, &reply.to_bytes()).await;
                 return;
             }
@@ -590,12 +592,8 @@ const ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 /// `~<n>` (`rooms::resume::archive_after`); anything else (no archive, an empty or minted base,
 /// a foreign id, no answer, the id unknown to the archive too) leaves `start` as it is, and the
 /// stream says `gap`.
-async fn from_archive(
-    table: &RoomTable,
-    room: usize,
-    start: routes::Start,
-) -> (routes::Start, Option<Resumed>) {
-    let routes::Start::After(id) = &start else {
+async fn from_archive(table: &RoomTable, room: usize, start: Start) -> (Start, Option<Resumed>) {
+    let Start::After(id) = &start else {
         return (start, None);
     };
     let r = table.room(room);
@@ -630,10 +628,7 @@ async fn from_archive(
         events.len()
     );
     let short = meet.is_none() && !found.complete;
-    (
-        routes::Start::FromSeq(next),
-        Some(Resumed { events, short }),
-    )
+    (Start::FromSeq(next), Some(Resumed { events, short }))
 }
 
 /// The bytes a single-room stream sends for what the archive gave a resume from `id`.
@@ -663,9 +658,9 @@ async fn resumable(
     socket: &Async<TcpStream>,
     head: &Head,
     rooms: &[usize],
-    start: &routes::Start,
+    start: &Start,
 ) -> bool {
-    if !matches!(start, routes::Start::After(_)) {
+    if !matches!(start, Start::After(_)) {
         return true;
     }
     let synced = || rooms.iter().all(|&r| server.table.room(r).synced());
@@ -677,7 +672,7 @@ async fn resumable(
         return true;
     }
     let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
-    let reply = routes::try_later(head, &cors, "the room is being joined", 5);
+    let reply = reply::try_later(head, &cors, "the room is being joined", 5);
     send(socket, &reply.to_bytes()).await;
     false
 }
@@ -691,7 +686,7 @@ async fn table_full(server: &Server, socket: &Async<TcpStream>, head: &Head, pee
         server.config.max_subscribers_per_room
     ));
     let cors = super::access::cors(&server.settings.get(), head.origin.as_deref());
-    let reply = routes::try_later(head, &cors, "too many subscribers", 10);
+    let reply = reply::try_later(head, &cors, "too many subscribers", 10);
     send(socket, &reply.to_bytes()).await;
 }
 

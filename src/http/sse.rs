@@ -19,12 +19,13 @@ use async_io::Async;
 use futures_lite::AsyncWriteExt;
 
 use super::access::{Guard, Standing};
-use super::routes::Start;
+use super::start::{Gap, Start};
 use crate::rooms::fanout::Outlet;
 pub use crate::rooms::fanout::{BATCH, Cursor, Wrote, write_pending};
 use crate::rooms::frame::Json;
 use crate::rooms::ring::Ring;
-use crate::rooms::table::{JoinState, Mode, RoomTable, Stats, Subscription, count};
+use crate::rooms::stats::Stats;
+use crate::rooms::table::{JoinState, Mode, RoomTable, Subscription};
 
 impl Outlet for Async<TcpStream> {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -63,24 +64,20 @@ pub fn opening(head: &str, retry_ms: usize, ring: &Ring, start: &Start) -> (Vec<
     if retry_ms > 0 {
         out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
     }
-    let seq = match start {
-        Start::Live => ring.head(),
-        Start::Last(n) => ring.head().saturating_sub(*n as u64).max(ring.oldest()),
-        Start::FromSeq(seq) => (*seq).clamp(ring.oldest(), ring.head()),
-        Start::After(id) => match ring.resume_point(id) {
-            Some(seq) => seq,
-            None => gap(&mut out, ring, id),
-        },
-        Start::Unknown(id) => gap(&mut out, ring, id),
+    let seq = match start.position(ring) {
+        Ok(seq) => seq,
+        Err(gap) => {
+            push_gap(&mut out, ring, &gap);
+            gap.oldest
+        }
     };
     (out, seq)
 }
 
-/// Appends the `gap` event for a client that resumed from `id`; the stream then starts with the
-/// oldest event held.
-fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
+/// Appends the `gap` event for a client that resumed from an id the ring does not hold.
+fn push_gap(out: &mut Vec<u8>, ring: &Ring, gap: &Gap<'_>) {
     let json = Json::new()
-        .str("lastEventId", id)
+        .str("lastEventId", gap.id)
         .str(
             "reason",
             "events after this id are no longer held; some may be missing",
@@ -88,7 +85,6 @@ fn gap(out: &mut Vec<u8>, ring: &Ring, id: &str) -> u64 {
         .num("resumingWith", ring.len() as u64)
         .finish();
     crate::rooms::frame::push_gap(out, &json);
-    ring.oldest()
 }
 
 /// How long the last `status: forbidden` event may take to go out.
@@ -124,7 +120,7 @@ pub async fn forbid(
             })
             .await;
         if sent {
-            count(&stats.bytes_out, frame.len() as u64);
+            stats.bytes_out.add(frame.len() as u64);
         }
     }
     Ended::Forbidden(why)
@@ -155,8 +151,8 @@ pub async fn stream(
     if let Err(e) = writer.write_all(&opening).await {
         return Ended::Error(e);
     }
-    count(&sub.stats().bytes_out, opening.len() as u64);
-    count(&sub.stats().streams_opened, 1);
+    sub.stats().bytes_out.add(opening.len() as u64);
+    sub.stats().streams_opened.add(1);
     drop(opening);
     let mut beats = sub.heartbeat();
     loop {
@@ -208,7 +204,7 @@ pub async fn stream(
             }
             Ok(Wrote::More) => continue,
             Ok(Wrote::Lapped) => {
-                count(&sub.stats().dropped_slow, 1);
+                sub.stats().dropped_slow.add(1);
                 reset_on_close(&socket);
                 return Ended::Lapped;
             }
@@ -232,7 +228,7 @@ pub async fn stream(
                 // Only between events; a full socket does not need keeping alive.
                 if sub.cursor().offset == 0 && !want_write {
                     match socket.get_ref().write(b":\n") {
-                        Ok(n) => count(&sub.stats().bytes_out, n as u64),
+                        Ok(n) => sub.stats().bytes_out.add(n as u64),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Ended::ClientGone,
                     }

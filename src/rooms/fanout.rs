@@ -4,43 +4,19 @@
 //! Two callers use [`write_pending`]: the room table's fan-out, which writes a new event to
 //! every idle subscriber of the room as soon as it is published (no task is woken for that),
 //! and a subscriber's own task (`http::sse`), which takes over when the socket is full, the
-//! subscriber fell behind, or it has to write something else (heartbeat, opening). With
-//! `fanout_delay_ms`, the [`delayed`] task decides when the table's fan-out runs; a pass over
-//! many subscribers is cut in slices that [`continue_passes`] continues.
+//! subscriber fell behind, or it has to write something else (heartbeat, opening). When the
+//! table's fan-out runs is up to the table and the tasks of [`super::flusher`]; this file knows
+//! nothing of the table.
 
 use std::io::{self, IoSlice, Write};
-use std::time::Duration;
 
 use super::ring::Ring;
-use super::table::{RoomTable, Stats, count};
+use super::stats::Stats;
 
 /// A non-blocking socket the fan-out can write to directly. `&TcpStream` writes without a
 /// mutable borrow, so the socket can be shared by the table and the subscriber's task.
 pub trait Outlet {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-}
-
-/// With `fanout_delay_ms`: writes published events to subscribers `delay` after the first of
-/// them, so the events of that window share one write per subscriber. One task for all rooms.
-pub async fn delayed(table: &RoomTable, delay: Duration) {
-    table.set_delayed(true);
-    loop {
-        std::future::poll_fn(|cx| table.poll_dirty(cx.waker())).await;
-        async_io::Timer::after(delay).await;
-        table.flush_dirty();
-    }
-}
-
-/// Continues fan-out passes that stopped after a [`super::table::SLICE`] of subscribers,
-/// one slice per room at a time with a yield in between, so that accepting connections, the
-/// component link and other rooms keep moving while a room with thousands of subscribers is
-/// written to. One task for all rooms; while it runs, passes are sliced.
-pub async fn continue_passes(table: &RoomTable) {
-    loop {
-        std::future::poll_fn(|cx| table.poll_unfinished(cx.waker())).await;
-        table.flush_unfinished();
-        futures_lite::future::yield_now().await;
-    }
 }
 
 /// [`Write`] for a shared [`Outlet`].
@@ -174,8 +150,8 @@ pub fn write_pending<W: Write>(
         *pin = ring.entry(cursor.seq).map(|e| e.frame().clone());
     }
     if let Some(stats) = stats {
-        count(&stats.bytes_out, total);
-        count(&stats.events_out, finished);
+        stats.bytes_out.add(total);
+        stats.events_out.add(finished);
     }
     Ok(if cursor.seq >= ring.head() && cursor.offset == 0 {
         Wrote::CaughtUp

@@ -4,7 +4,9 @@
 pub mod archive;
 pub mod fanout;
 pub mod feed;
+pub mod flusher;
 pub mod frame;
 pub mod resume;
 pub mod ring;
+pub mod stats;
 pub mod table;

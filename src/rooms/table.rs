@@ -19,6 +19,7 @@ use std::task::Waker;
 
 use super::fanout::{self, Cursor, Out, Outlet, Wrote};
 use super::ring::{Entry, Ring};
+use super::stats::Stats;
 
 /// Where the daemon stands with a room upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub struct Room {
 
 /// Subscribers one fan-out pass visits before it lets other tasks run (accept, the component
 /// link, other rooms): at about 10 µs a `writev`, a few milliseconds. The rest of the pass is
-/// continued by [`fanout::continue_passes`]; without that task every pass runs whole.
+/// continued by `flusher::continue_passes`; without that task every pass runs whole.
 pub const SLICE: usize = 256;
 
 /// Facts about a room for pages, metrics and access control; written by the XMPP side.
@@ -214,42 +215,6 @@ struct Subscribers {
     free: Vec<u32>,
 }
 
-/// Counters read by logs, `/metrics` and tests.
-#[derive(Default)]
-pub struct Stats {
-    /// Events published into rings.
-    pub events_in: Cell<u64>,
-    /// Events written out completely to subscribers (one per event per subscriber).
-    pub events_out: Cell<u64>,
-    /// Bytes written to subscribers (events, heartbeats, openings).
-    pub bytes_out: Cell<u64>,
-    /// Subscribers dropped for falling behind their room's ring.
-    pub dropped_slow: Cell<u64>,
-    /// Streams refused because the subscriber table was full.
-    pub rejected_full: Cell<u64>,
-    /// Requests refused as malformed (400) or too large (431).
-    pub rejected_bad_request: Cell<u64>,
-    /// Connections closed for not sending a request head in time (408).
-    pub rejected_timeout: Cell<u64>,
-    /// Connections refused because too many requests were pending.
-    pub rejected_pending: Cell<u64>,
-    /// Connections refused because their address had too many open.
-    pub rejected_per_ip: Cell<u64>,
-    /// Streams refused by access control (403).
-    pub rejected_forbidden: Cell<u64>,
-    /// Streams accepted since start.
-    pub streams_opened: Cell<u64>,
-    /// The component link is up (handshake done).
-    pub upstream_up: Cell<bool>,
-    /// Component link sessions started after the first.
-    pub reconnects: Cell<u64>,
-}
-
-/// Adds `n` to a counter.
-pub fn count(counter: &Cell<u64>, n: u64) {
-    counter.set(counter.get().wrapping_add(n));
-}
-
 pub struct RoomTable {
     rooms: Box<[Room]>,
     used: Cell<usize>,
@@ -266,13 +231,13 @@ pub struct RoomTable {
     pub archive: super::archive::Archive,
     /// [`Batch`]es open: publishing defers the fan-out until the last one closes.
     batches: Cell<u32>,
-    /// `fanout_delay_ms` is set: published events wait for [`fanout::delayed`] to write them.
+    /// `fanout_delay_ms` is set: published events wait for `flusher::delayed` to write them.
     delayed: Cell<bool>,
-    /// The task of [`fanout::delayed`], waiting for a room to have unwritten events.
+    /// The task of `flusher::delayed`, waiting for a room to have unwritten events.
     flusher: RefCell<Option<Waker>>,
     /// Some room holds back half a ring of unwritten events (see [`Batch::pressing`]).
     pressed: Cell<bool>,
-    /// The task of [`fanout::continue_passes`], once it runs: passes are then cut in slices.
+    /// The task of `flusher::continue_passes`, once it runs: passes are then cut in slices.
     continuer: RefCell<Option<Waker>>,
 }
 
@@ -496,7 +461,7 @@ impl RoomTable {
         }
         r.held_bytes.set(r.held_bytes.get() + entry.frame().len());
         let seq = r.ring.borrow_mut().push(entry);
-        self.stats.events_in.set(self.stats.events_in.get() + 1);
+        self.stats.events_in.add(1);
         r.dirty.set(true);
         if self.batches.get() > 0 || self.delayed.get() {
             let ring = r.ring.borrow();
@@ -515,7 +480,7 @@ impl RoomTable {
         seq
     }
 
-    /// Leaves the writing of published events to [`fanout::delayed`] (`fanout_delay_ms`).
+    /// Leaves the writing of published events to `flusher::delayed` (`fanout_delay_ms`).
     pub fn set_delayed(&self, delayed: bool) {
         self.delayed.set(delayed);
     }
@@ -548,7 +513,7 @@ impl RoomTable {
 
     /// Sends a room's new events to its subscribers: written directly to parked ones, their
     /// tasks woken for the others (see [`Mode`]). The pass visits at most [`SLICE`]
-    /// subscribers when [`fanout::continue_passes`] runs, which continues it; while a pass is
+    /// subscribers when `flusher::continue_passes` runs, which continues it; while a pass is
     /// in progress, new events wait for the next one.
     fn flush_room(&self, room: usize) {
         let r = &self.rooms()[room];
@@ -596,7 +561,7 @@ impl RoomTable {
     }
 
     /// Ready when a room has a fan-out pass to continue, or events that arrived during one;
-    /// otherwise `waker` is woken when there is ([`fanout::continue_passes`]). Registering
+    /// otherwise `waker` is woken when there is (`flusher::continue_passes`). Registering
     /// turns slicing on.
     pub fn poll_unfinished(&self, waker: &Waker) -> std::task::Poll<()> {
         *self.continuer.borrow_mut() = Some(waker.clone());
@@ -785,13 +750,11 @@ impl RoomTable {
         let mut subs = self.subs.borrow_mut();
         let cap = self.room_cap.get();
         if cap > 0 && self.rooms()[room].subscribers.get() >= cap {
-            count(&self.stats.rejected_full, 1);
+            self.stats.rejected_full.add(1);
             return None;
         }
         let Some(slot) = subs.free.pop() else {
-            self.stats
-                .rejected_full
-                .set(self.stats.rejected_full.get() + 1);
+            self.stats.rejected_full.add(1);
             return None;
         };
         let r = &self.rooms()[room];

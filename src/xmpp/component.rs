@@ -21,7 +21,7 @@ use super::muc;
 use super::observer::{Phase, RoomLink, sync_links};
 use super::stream::{Element, Piece};
 use crate::config::{AuthFailure, Config};
-use crate::rooms::table::{RoomTable, count};
+use crate::rooms::table::RoomTable;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -42,7 +42,7 @@ pub async fn run(settings: &Settings, table: &RoomTable, shutdown: &Shutdown) ->
     let mut sessions = 0u64;
     loop {
         if sessions > 0 {
-            count(&table.stats().reconnects, 1);
+            table.stats().reconnects.add(1);
         }
         sessions += 1;
         let mut established = false;
