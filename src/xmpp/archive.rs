@@ -4,37 +4,18 @@
 //! messages), with the archived messages that come back for each.
 
 use std::io;
-use std::rc::Rc;
 use std::time::Instant;
 
-use super::component::Session;
 use super::iq::{self, IqId, NS_FORWARD, NS_MAM};
 use super::muc;
+use super::session::{Query, Session};
 use super::stream::Element;
-use crate::rooms::archive::{Archived, Fetch, Found, MAX_FETCH};
+use crate::rooms::archive::{Archived, Found, MAX_FETCH};
 use crate::rooms::feed::OwnedMessage;
 use crate::rooms::frame;
 
 /// Messages an archive fill after a re-join fetches at most; beyond, subscribers get `gap`.
 pub const MAX_FILL: usize = 1000;
-
-/// An archive query in flight.
-pub enum Query {
-    /// For a client resuming from an id the ring no longer holds.
-    Resume {
-        room: usize,
-        fetch: Rc<Fetch>,
-        messages: Vec<Archived>,
-    },
-    /// Filling a room's hole after a re-join.
-    Fill {
-        generation: u32,
-        page: u32,
-        sent: Instant,
-        messages: Vec<OwnedMessage>,
-        fetched: usize,
-    },
-}
 
 impl Session<'_> {
     /// Sends the archive queries the HTTP side asked for (XEP-0313, with an RSM `after`).

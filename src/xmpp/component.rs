@@ -8,17 +8,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use futures_lite::{AsyncReadExt, StreamExt, future};
 
-use super::archive::Query;
 use super::iq::{self, IqId, NS_DISCO_ITEMS};
 use super::link::{self, Backoff, End, NS_COMPONENT, NS_STREAMS, Upstream};
 use super::muc;
-use super::observer::{Phase, RoomLink, sync_links};
+use super::observer::sync_links;
+use super::session::{Phase, Query, RoomLink, Session};
 use super::stream::{Element, Piece};
 use crate::config::{AuthFailure, Config};
 use crate::rooms::table::RoomTable;
@@ -102,20 +101,6 @@ pub async fn run(settings: &Settings, table: &RoomTable, shutdown: &Shutdown) ->
             return Ok(());
         }
     }
-}
-
-/// One session with the server after the handshake: the link, the rooms, the queries in flight.
-pub struct Session<'a> {
-    pub(super) settings: &'a Settings,
-    /// The configuration in force (SIGHUP may replace it between two wake-ups).
-    pub(super) config: Rc<Config>,
-    pub(super) table: &'a RoomTable,
-    pub(super) up: Upstream,
-    pub(super) links: &'a mut Vec<RoomLink>,
-    /// Resume fetches by query number, fills by room index.
-    pub(super) resumes: HashMap<u64, Query>,
-    pub(super) fills: HashMap<usize, Query>,
-    pub(super) resumes_sent: u64,
 }
 
 async fn session(
@@ -340,47 +325,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Answers that never came: a disco#info (the room is looked at again later; an on-demand
-    /// room leaves the table) or an archive fill (subscribers are told of a gap). Rooms waiting
-    /// for a retry are checked again.
-    async fn overdue(&mut self, index: usize, now: Instant) -> Result<(), End> {
-        let timeout = self.config.ping_timeout;
-        let link = &mut self.links[index];
-        if link
-            .disco_sent
-            .is_some_and(|t| now.duration_since(t) >= timeout)
-        {
-            link.disco_sent = None;
-            if link.phase == Phase::Checking {
-                self.refused(index, "the room did not answer disco#info", None);
-            } else {
-                log::warn!(
-                    "room {}: no answer to disco#info after a configuration change; its streams stay held, asking again",
-                    self.table.room(index).jid()
-                );
-                link.retry_at = Some(now + timeout);
-            }
-        }
-        if let Some(Query::Fill { sent, .. }) = self.fills.get(&index)
-            && now.duration_since(*sent) >= timeout
-        {
-            self.fills.remove(&index);
-            self.end_fill(
-                index,
-                Some("re-joined the room after an outage; its archive did not answer"),
-            );
-        }
-        let link = &self.links[index];
-        if link.retry_at.is_some_and(|t| t <= now) {
-            match link.phase {
-                Phase::Waiting => self.check_room(index).await?,
-                Phase::Joined => self.reconsider(index).await?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Leaves every room and closes the stream (shutdown).
     async fn leave_all(&mut self) {
         for (index, link) in self.links.iter().enumerate() {
@@ -403,16 +347,6 @@ impl Session<'_> {
         self.table
             .find_jid(jid)
             .filter(|&i| !self.table.room(i).is_free() && i < self.links.len())
-    }
-
-    /// Whether an answer about entry `room` of `generation` comes from that room now.
-    pub(super) fn ours(&self, room: usize, generation: u32, from: &str) -> bool {
-        room < self.links.len()
-            && room < self.table.rooms().len()
-            && self.table.room(room).generation() == generation
-            && self.links[room].generation == generation
-            && !self.table.room(room).is_free()
-            && from.eq_ignore_ascii_case(&self.table.room(room).jid())
     }
 
     async fn handle(&mut self, stanza: &Element) -> Result<(), End> {

@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use super::link::End;
-use super::muc;
 use super::stream::Element;
 use super::text::{BadText, XmlText};
 
@@ -165,57 +163,6 @@ pub fn answer(request: &Element, own_jid: &str) -> Result<Option<String>, BadTex
             "<iq type='error' id='{id}' from='{from}' to='{to}'><error type='cancel'><service-unavailable xmlns='{NS_STANZAS}'/></error></iq>"
         )
     }))
-}
-
-// The session's side of IQ traffic: requests answered, answers routed to what asked.
-impl super::component::Session<'_> {
-    /// An IQ from the server: a request is answered; an answer goes to what asked, once its id
-    /// (typed, with the room entry's generation) and sender check out.
-    pub(super) async fn handle_iq(&mut self, stanza: &Element) -> Result<(), End> {
-        let kind = stanza.attr("type");
-        if matches!(kind, Some("get" | "set")) {
-            match answer(stanza, &self.config.component) {
-                Ok(Some(xml)) => self.up.send(&xml).await?,
-                Ok(None) => {}
-                Err(bad) => log::debug!("an IQ from the server cannot be answered: {bad}"),
-            }
-            return Ok(());
-        }
-        let ok = match kind {
-            Some("result") => true,
-            Some("error") => false,
-            _ => return Ok(()),
-        };
-        let from = stanza.attr("from").unwrap_or("");
-        let Some(id) = stanza.attr("id").and_then(IqId::parse) else {
-            return Ok(());
-        };
-        match id {
-            IqId::LinkPing => {}
-            IqId::RoomsList => {
-                if ok && from.eq_ignore_ascii_case(&self.config.muc) {
-                    self.rooms_listed(stanza);
-                }
-            }
-            IqId::Resume { query } => self.resume_answered(stanza, ok, query),
-            IqId::Fill {
-                room,
-                generation,
-                page,
-            } => self.filled_page(stanza, ok, room, generation, page).await?,
-            IqId::SelfPing { room, generation } => {
-                if self.ours(room, generation, muc::split_jid(from).0) {
-                    self.self_pinged(stanza, ok, room).await?;
-                }
-            }
-            IqId::Disco { room, generation } => {
-                if self.ours(room, generation, from) {
-                    self.disco_answered(stanza, ok, room).await?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,13 @@
 //! join, leave, self-ping, configuration changes, on-demand rooms — and what it does with what
 //! the room says ([`MucEvent`]s become events through the room's [`Feed`]).
 
-use std::collections::HashSet;
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::component::Session;
 use super::iq::{self, IqId, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MAM};
 use super::muc::{self, MucEvent};
+use super::session::{Phase, Query, RoomLink, Session};
 use super::stream::Element;
 use super::text::BadText;
 use crate::config::Config;
@@ -22,62 +21,6 @@ pub const ROOM_RECHECK: Duration = Duration::from_secs(60);
 /// Occupants tracked per room for join/leave events and counts; beyond, arrivals are not
 /// reported (memory stays bounded in very large rooms).
 const MAX_OCCUPANTS_TRACKED: usize = 4096;
-
-/// Per-room state the link keeps (the room table keeps what the HTTP side needs to see).
-pub struct RoomLink {
-    pub nick: String,
-    pub phase: Phase,
-    pub retry_at: Option<Instant>,
-    pub feed: Feed,
-    /// When the room last sent us anything (for XEP-0410 self-ping after silence).
-    pub last_heard: Instant,
-    /// When the self-ping still unanswered was sent.
-    pub self_ping_sent: Option<Instant>,
-    /// When the disco#info still unanswered was sent.
-    pub disco_sent: Option<Instant>,
-    /// The room table entry's generation this link belongs to, and that room's JID.
-    pub generation: u32,
-    pub jid: Rc<str>,
-    /// An on-demand room's last subscriber left (or its disco#info came back) at this time.
-    pub idle_since: Option<Instant>,
-    /// Nicks of the other occupants, as seen from presence (at most
-    /// [`MAX_OCCUPANTS_TRACKED`]).
-    pub occupants: HashSet<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Phase {
-    /// disco#info sent: does the room exist?
-    Checking,
-    /// Join presence sent.
-    Joining,
-    Joined,
-    /// Waiting for `retry_at` to check and join again.
-    Waiting,
-    /// Banned or the room was destroyed: not retried until restart.
-    GaveUp,
-    /// Not wanted now: a free entry, or an on-demand room nobody reads.
-    Idle,
-}
-
-impl RoomLink {
-    pub fn new(config: &Config, room: &crate::rooms::table::Room) -> RoomLink {
-        let idle = room.is_free();
-        RoomLink {
-            nick: config.nick.clone(),
-            phase: if idle { Phase::Idle } else { Phase::Checking },
-            retry_at: None,
-            feed: Feed::default(),
-            last_heard: Instant::now(),
-            self_ping_sent: None,
-            disco_sent: None,
-            occupants: HashSet::new(),
-            generation: room.generation(),
-            jid: room.jid(),
-            idle_since: None,
-        }
-    }
-}
 
 /// What [`sync_links`] found to do.
 #[derive(Default)]
@@ -128,6 +71,47 @@ pub fn link_lost(table: &RoomTable, links: &mut [RoomLink], status: &'static str
 }
 
 impl Session<'_> {
+    /// Answers that never came: a disco#info (the room is looked at again later; an on-demand
+    /// room leaves the table) or an archive fill (subscribers are told of a gap). Rooms waiting
+    /// for a retry are checked again.
+    pub(super) async fn overdue(&mut self, index: usize, now: Instant) -> io::Result<()> {
+        let timeout = self.config.ping_timeout;
+        let link = &mut self.links[index];
+        if link
+            .disco_sent
+            .is_some_and(|t| now.duration_since(t) >= timeout)
+        {
+            link.disco_sent = None;
+            if link.phase == Phase::Checking {
+                self.refused(index, "the room did not answer disco#info", None);
+            } else {
+                log::warn!(
+                    "room {}: no answer to disco#info after a configuration change; its streams stay held, asking again",
+                    self.table.room(index).jid()
+                );
+                link.retry_at = Some(now + timeout);
+            }
+        }
+        if let Some(Query::Fill { sent, .. }) = self.fills.get(&index)
+            && now.duration_since(*sent) >= timeout
+        {
+            self.fills.remove(&index);
+            self.end_fill(
+                index,
+                Some("re-joined the room after an outage; its archive did not answer"),
+            );
+        }
+        let link = &self.links[index];
+        if link.retry_at.is_some_and(|t| t <= now) {
+            match link.phase {
+                Phase::Waiting => self.check_room(index).await?,
+                Phase::Joined => self.reconsider(index).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// What a room said, as classified: published, or acted on.
     pub(super) async fn observe(&mut self, index: usize, event: MucEvent<'_>) -> io::Result<()> {
         let table = self.table;
