@@ -641,9 +641,7 @@ mod tests {
         .unwrap();
         let hidden = t.add("hidden", "c.l", Origin::OnDemand).unwrap();
         let missing = t.add("missing", "c.l", Origin::OnDemand).unwrap();
-        let ask = |path: &str| {
-            route(&parse_test(&format!("GET {path} HTTP/1.1\r\n\r\n")), &t, &c)
-        };
+        let ask = |path: &str| route(&parse_test(&format!("GET {path} HTTP/1.1\r\n\r\n")), &t, &c);
         assert!(
             matches!(ask("/eventsource/hidden"), Route::NotReady(_)),
             "disco#info first"
