@@ -1,5 +1,4 @@
-//! The configuration file: its format, its defaults, its validation, and the memory ceiling the
-//! table sizes imply.
+//! The configuration file: its format, its defaults and its validation.
 //!
 //! Format: one `key = value` per line, `#` starts a comment, blank lines are ignored, keys are
 //! lower-case words with `_`. Every error names the file, the line, the key and what was expected.
@@ -111,6 +110,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The sizes of the room and subscriber tables.
+    pub fn sizes(&self) -> crate::rooms::table::Sizes {
+        crate::rooms::table::Sizes {
+            rooms: self.max_rooms,
+            ring_events: self.ring_events,
+            ring_bytes: self.ring_bytes,
+            subscribers: self.max_subscribers,
+        }
+    }
+
     /// The read token a room needs, if any: its own, else the global one.
     pub fn token_for(&self, room: &str) -> Option<&str> {
         self.room_token(room).or(self.token.as_deref())
@@ -1041,98 +1050,9 @@ pub fn parse_level(text: &str) -> Option<log::LevelFilter> {
     })
 }
 
-/// The memory the tables may hold at most, by part, in bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Ceiling {
-    pub rings: usize,
-    pub subscribers: usize,
-    /// Buffers of streams that merge several rooms.
-    pub multi_streams: usize,
-    pub pending_requests: usize,
-    pub upstream: usize,
-    pub fixed: usize,
-}
-
-/// Kernel memory one stream socket's send queue can hold beyond its `SO_SNDBUF`: the kernel
-/// doubles the size asked for (bookkeeping overhead), and the write that crosses the limit may
-/// queue one more segment of up to 64 KiB.
-pub const SEND_QUEUE_SLACK: usize = 64 * 1024;
-
-/// Kernel memory the stream sockets' send queues can pin (all subscribers stalled), when
-/// `send_buffer_bytes` bounds them; `None` when it is 0 (the kernel's autotuning, up to the
-/// third field of `net.ipv4.tcp_wmem` per socket).
-pub fn kernel_ceiling(max_subscribers: usize, send_buffer_bytes: usize) -> Option<usize> {
-    (send_buffer_bytes > 0).then(|| {
-        max_subscribers.saturating_mul(
-            send_buffer_bytes
-                .saturating_mul(2)
-                .saturating_add(SEND_QUEUE_SLACK),
-        )
-    })
-}
-
-impl Ceiling {
-    pub fn total(&self) -> usize {
-        self.rings
-            .saturating_add(self.subscribers)
-            .saturating_add(self.multi_streams)
-            .saturating_add(self.pending_requests)
-            .saturating_add(self.upstream)
-            .saturating_add(self.fixed)
-    }
-}
-
-/// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
-/// The fan-out bench measured 0.8–1.0 KiB of RSS per connected subscriber on top of its
-/// preallocated 80-byte slot (docs/BENCHMARKS.md); this rounds that up.
-pub const SUBSCRIBER_BYTES: usize = 1152;
-/// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
-pub const FIXED_BYTES: usize = 3 << 20;
-
-/// Largest SSE frame one stanza can produce. The stream parser admits only XML characters, so
-/// JSON escaping at most doubles a stanza byte (`"` → `\"`, LF → `\n`; a `&#9;` of four bytes
-/// becomes two).
-pub fn max_frame_bytes(max_stanza_bytes: usize) -> usize {
-    max_stanza_bytes.saturating_mul(2).saturating_add(256)
-}
-
 impl Config {
-    /// Upper bound of the heap the configured tables can reach.
-    pub fn ceiling(&self) -> Ceiling {
-        let frame = max_frame_bytes(self.max_stanza_bytes);
-        // A slot, plus its event's id and origin strings.
-        let ring_slots =
-            self.ring_events * (std::mem::size_of::<Option<crate::rooms::ring::Entry>>() + 3 * 256);
-        Ceiling {
-            // Each ring may go over its byte budget by one frame (the newest is always kept),
-            // and each frame may have its multi-room twin; plus one evicted frame that
-            // subscribers are still writing (pinned: see `rooms::fanout::Pin`).
-            // Saturating: on 32-bit targets large settings would overflow.
-            rings: self.max_rooms.saturating_mul(
-                (self.ring_bytes.saturating_add(frame))
-                    .saturating_mul(2)
-                    .saturating_add(frame)
-                    .saturating_add(ring_slots + 512),
-            ),
-            subscribers: self.max_subscribers.saturating_mul(SUBSCRIBER_BYTES),
-            multi_streams: self
-                .max_multi_streams
-                .saturating_mul(crate::http::multi::BUFFER.saturating_add(frame)),
-            pending_requests: self
-                .max_pending_requests
-                .saturating_mul(self.max_head_bytes + 1024),
-            // Receive buffer, one parsed stanza tree (at most ~4× its text), send buffer.
-            upstream: self
-                .max_stanza_bytes
-                .saturating_mul(6)
-                .saturating_add(64 * 1024),
-            fixed: FIXED_BYTES,
-        }
-    }
-
-    /// The settings as `key = value` lines (secret hidden), followed by the memory ceiling.
+    /// The settings as `key = value` lines (secrets hidden); `memory::describe` adds the ceiling.
     pub fn describe(&self) -> String {
-        let c = self.ceiling();
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
         line("component", self.component.clone());
@@ -1247,29 +1167,6 @@ impl Config {
             "heartbeat_secs",
             self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),
         );
-        out.push_str(&format!(
-            "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + multi-room streams {} + pending requests {} + upstream {} + process {}\n",
-            c.total(),
-            c.total() as f64 / (1024.0 * 1024.0),
-            c.rings,
-            c.subscribers,
-            c.multi_streams,
-            c.pending_requests,
-            c.upstream,
-            c.fixed
-        ));
-        match kernel_ceiling(self.max_subscribers, self.send_buffer_bytes) {
-            Some(k) => out.push_str(&format!(
-                "# kernel socket memory ceiling: {k} bytes ({:.1} MiB) = max_subscribers {} x (2 x send_buffer_bytes {} + {SEND_QUEUE_SLACK}); subscribers dropped for falling behind are reset, which frees theirs at once\n",
-                k as f64 / (1024.0 * 1024.0),
-                self.max_subscribers,
-                self.send_buffer_bytes,
-            )),
-            None => out.push_str(&format!(
-                "# kernel socket memory: not bounded by this daemon (send_buffer_bytes = 0): each of max_subscribers {} stream sockets may grow to the third field of net.ipv4.tcp_wmem (often 4 MiB)\n",
-                self.max_subscribers
-            )),
-        }
         out
     }
 }
@@ -1282,29 +1179,12 @@ mod tests {
         "component = sse.localhost\nsecret = s\nmuc = conference.localhost\nrooms = lobby, news\n";
 
     #[test]
-    fn check_config_prints_the_kernel_part_of_the_ceiling() {
-        let c = parse("t.conf", MINIMAL).unwrap();
-        assert_eq!(c.send_buffer_bytes, 65536);
-        assert!(c.describe().contains(&format!(
-            "# kernel socket memory ceiling: {} bytes",
-            1024 * (2 * 65536 + SEND_QUEUE_SLACK)
-        )));
-        let text = format!("{MINIMAL}send_buffer_bytes = 0\n");
-        let unbounded = parse("t.conf", &text).unwrap().describe();
-        assert!(
-            unbounded.contains("# kernel socket memory: not bounded"),
-            "{unbounded}"
-        );
-    }
-
-    #[test]
     fn minimal_file_gets_defaults() {
         let c = parse("t.conf", MINIMAL).unwrap();
         assert_eq!(c.rooms, vec!["lobby", "news"]);
         assert_eq!(c.max_rooms, 2);
         assert_eq!(c.upstream, "127.0.0.1:5347");
         assert_eq!(c.auth_failure, AuthFailure::Exit);
-        assert!(c.describe().contains("memory ceiling"));
         assert!(
             !c.describe().contains("= s\n"),
             "secret must not be printed"

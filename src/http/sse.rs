@@ -358,7 +358,12 @@ mod tests {
         .unwrap();
         let settings: &'static crate::settings::Settings =
             Box::leak(Box::new(crate::settings::Settings::new("unused", config)));
-        let table = RoomTable::new(1, 8, 1 << 16, 2);
+        let table = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 1,
+            ring_events: 8,
+            ring_bytes: 1 << 16,
+            subscribers: 2,
+        });
         table.add("lobby", "c.l", Origin::Configured);
         let flags = |known: bool, members_only: bool| {
             let mut info = table.room(0).info.borrow_mut();
