@@ -188,9 +188,10 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
             }
         })
         .detach();
-    if let Some(every) = config.heartbeat {
-        executor.spawn(sse::heartbeat(table, every)).detach();
-    }
+    // Always running: `heartbeat_secs` is read again before each beat, so a reload applies it.
+    executor
+        .spawn(sse::heartbeat(table, || settings.get().heartbeat))
+        .detach();
     if !config.fanout_delay.is_zero() {
         executor
             .spawn(fanout::delayed(table, config.fanout_delay))
