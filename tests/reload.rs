@@ -77,3 +77,84 @@ fn sighup_reloads_rooms_and_tokens_keeping_unchanged_rooms_streaming() {
     assert_eq!(next_message(&mut extra), "new room");
     assert!(daemon.log().contains("leaving news@"), "{}", daemon.log());
 }
+
+/// Bytes read from `stream` until it is closed, or `None` if it stays open past `timeout`.
+fn read_until_closed(stream: &mut std::net::TcpStream, timeout: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(out),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Comments (heartbeats) `sub` receives within `window`.
+fn comments_within(sub: &mut SseClient, window: Duration) -> u64 {
+    let before = sub.parser.comments;
+    assert!(!sub.wait_closed(window), "the stream ended");
+    sub.parser.comments - before
+}
+
+#[test]
+fn sighup_applies_live_keys_to_the_running_daemon_and_names_restart_keys() {
+    let prosody = Prosody::start();
+    prosody.create_rooms(&["lobby"]);
+    let daemon = Daemon::start(
+        &prosody,
+        &["lobby"],
+        "heartbeat_secs = 1\nmax_subscribers = 64",
+    );
+    let path = daemon.config_path().clone();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
+    assert_eq!(sub.status(), 200);
+    assert!(comments_within(&mut sub, Duration::from_millis(2500)) >= 1);
+
+    // A live key (heartbeat off, a shorter header timeout) and a restart key together.
+    let changed = original
+        .replace(
+            "heartbeat_secs = 1",
+            "heartbeat_secs = 0\nheader_timeout_secs = 1",
+        )
+        .replace("max_subscribers = 64", "max_subscribers = 65");
+    std::fs::write(&path, changed).unwrap();
+    daemon.signal("HUP");
+    daemon.expect_log(
+        "reload: max_subscribers changed; that takes a restart, the running values stay",
+        T,
+    );
+    daemon.expect_log("changed: header_timeout_secs, heartbeat_secs", T);
+    // A beat already waiting may still come; after it, silence.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(comments_within(&mut sub, Duration::from_millis(3000)), 0);
+    // A connection that sends nothing is closed after the new timeout, not the default 10 s.
+    let mut idle = std::net::TcpStream::connect(daemon.http).unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(5)).is_some(),
+        "header_timeout_secs = 1 not applied"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Turned on again, without a restart.
+    std::fs::write(&path, &original).unwrap();
+    daemon.signal("HUP");
+    let applied = "changed: header_timeout_secs, heartbeat_secs";
+    assert!(daemon.wait_log_count(applied, 2, T), "{}", daemon.log());
+    // The restart key is back at its running value: nothing to warn about.
+    assert_eq!(daemon.log_count("that takes a restart"), 1, "{}", daemon.log());
+    assert!(comments_within(&mut sub, Duration::from_millis(3000)) >= 1);
+    // The subscriber stayed connected through both reloads.
+    assert!(!sub.is_closed());
+}
