@@ -68,7 +68,7 @@ impl Settings {
             .borrow_mut()
             .extend(added.iter().map(|r| r.to_string()));
         log::info!(
-            "reloaded {}: rooms added: {}; removed: {}; changed: {}",
+            "reloaded {}: rooms added: {}; removed: {}; tokens, CORS and the other live settings replaced; changed: {}",
             self.path,
             if added.is_empty() {
                 "none".into()

@@ -153,7 +153,12 @@ fn sighup_applies_live_keys_to_the_running_daemon_and_names_restart_keys() {
     let applied = "changed: header_timeout_secs, heartbeat_secs";
     assert!(daemon.wait_log_count(applied, 2, T), "{}", daemon.log());
     // The restart key is back at its running value: nothing to warn about.
-    assert_eq!(daemon.log_count("that takes a restart"), 1, "{}", daemon.log());
+    assert_eq!(
+        daemon.log_count("that takes a restart"),
+        1,
+        "{}",
+        daemon.log()
+    );
     assert!(comments_within(&mut sub, Duration::from_millis(3000)) >= 1);
     // The subscriber stayed connected through both reloads.
     assert!(!sub.is_closed());
