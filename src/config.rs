@@ -1,4 +1,6 @@
-//! The configuration file: its format, its defaults and its validation.
+//! The configuration file: its format, the settings it gives ([`Config`]) and the rules that join
+//! several keys. Each key itself (default, bounds, help, reload class) is defined once, in
+//! [`KEYS`] (`config/keys.rs`).
 //!
 //! Format: one `key = value` per line, `#` starts a comment, blank lines are ignored, keys are
 //! lower-case words with `_`. Every error names the file, the line, the key and what was expected.
