@@ -1,5 +1,6 @@
-//! The configuration file: its format, its defaults, its validation, and the memory ceiling the
-//! table sizes imply.
+//! The configuration file: its format, the settings it gives ([`Config`]) and the rules that join
+//! several keys. Each key itself (default, bounds, help, reload class) is defined once, in
+//! [`KEYS`] (`config/keys.rs`).
 //!
 //! Format: one `key = value` per line, `#` starts a comment, blank lines are ignored, keys are
 //! lower-case words with `_`. Every error names the file, the line, the key and what was expected.
@@ -111,6 +112,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The sizes of the room and subscriber tables.
+    pub fn sizes(&self) -> crate::rooms::table::Sizes {
+        crate::rooms::table::Sizes {
+            rooms: self.max_rooms,
+            ring_events: self.ring_events,
+            ring_bytes: self.ring_bytes,
+            subscribers: self.max_subscribers,
+        }
+    }
+
     /// The read token a room needs, if any: its own, else the global one.
     pub fn token_for(&self, room: &str) -> Option<&str> {
         self.room_token(room).or(self.token.as_deref())
@@ -159,184 +170,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every key the file may hold, with its default (`None` = required) and a one-line help.
-pub const KEYS: &[(&str, Option<&str>, &str)] = &[
-    (
-        "component",
-        None,
-        "component JID, as in Prosody's `Component \"...\"`",
-    ),
-    ("secret", None, "the component_secret of that component"),
-    (
-        "upstream",
-        Some("127.0.0.1:5347"),
-        "Prosody component port, host:port",
-    ),
-    ("muc", None, "MUC service, e.g. conference.example.org"),
-    (
-        "rooms",
-        None,
-        "comma-separated room nodes, e.g. lobby, news",
-    ),
-    ("nick", Some("eventsource"), "nickname used in every room"),
-    (
-        "listen",
-        Some("127.0.0.1:8080"),
-        "HTTP listen address, ip:port",
-    ),
-    (
-        "log_level",
-        Some("info"),
-        "error, warn, info, debug or trace",
-    ),
-    (
-        "max_rooms",
-        Some("0"),
-        "room table capacity; 0 = number of rooms",
-    ),
-    (
-        "max_subscribers",
-        Some("1024"),
-        "SSE subscribers, all rooms together",
-    ),
-    (
-        "max_pending_requests",
-        Some("64"),
-        "connections still sending their request",
-    ),
-    (
-        "max_pending_per_ip",
-        Some("8"),
-        "of those, from one address (one /64 for IPv6); 0 = no limit beyond max_pending_requests",
-    ),
-    (
-        "ring_events",
-        Some("64"),
-        "events kept per room for late readers",
-    ),
-    (
-        "ring_bytes",
-        Some("262144"),
-        "bytes of events kept per room",
-    ),
-    (
-        "max_stanza_bytes",
-        Some("524288"),
-        "largest upstream stanza, bytes (Prosody's own c2s limit is 256 KiB)",
-    ),
-    (
-        "max_head_bytes",
-        Some("8192"),
-        "largest HTTP request head, bytes",
-    ),
-    (
-        "header_timeout_secs",
-        Some("10"),
-        "time a client has to send its request",
-    ),
-    (
-        "keepalive_secs",
-        Some("60"),
-        "whitespace keepalive on the component link",
-    ),
-    ("reconnect_min_secs", Some("1"), "first reconnect delay"),
-    ("reconnect_max_secs", Some("60"), "largest reconnect delay"),
-    (
-        "auth_failure",
-        Some("exit"),
-        "on a rejected secret: exit (status 2) or retry",
-    ),
-    (
-        "history",
-        Some("20"),
-        "MUC history messages fetched on join (at most ring_events)",
-    ),
-    (
-        "retry_ms",
-        Some("3000"),
-        "reconnect delay told to browsers (retry:), 0 = none",
-    ),
-    (
-        "heartbeat_secs",
-        Some("20"),
-        "keep-alive comment on idle streams, 0 = none",
-    ),
-    (
-        "events",
-        Some(""),
-        "extra event kinds for every stream: join, leave",
-    ),
-    (
-        "token",
-        Some(""),
-        "read token every stream needs (token.<room> per room)",
-    ),
-    (
-        "private_rooms",
-        Some("deny"),
-        "hidden/members-only/password rooms: deny (403 without token) or allow",
-    ),
-    (
-        "cors_origins",
-        Some("*"),
-        "origins allowed to read streams: * or a comma-separated list",
-    ),
-    (
-        "status_token",
-        Some(""),
-        "operator token: /, /metrics and /healthz then show every room",
-    ),
-    (
-        "ping_timeout_secs",
-        Some("30"),
-        "unanswered link ping or self-ping after which the link is dead",
-    ),
-    (
-        "self_ping_secs",
-        Some("600"),
-        "silence from a room before checking we are still in it (XEP-0410)",
-    ),
-    (
-        "max_subscribers_per_room",
-        Some("0"),
-        "subscribers of one room, 0 = no limit beyond max_subscribers",
-    ),
-    (
-        "max_connections_per_ip",
-        Some("0"),
-        "connections from one address, 0 = no limit",
-    ),
-    (
-        "max_multi_streams",
-        Some("8"),
-        "streams merging several rooms (/eventsource?room=a&room=b)",
-    ),
-    (
-        "on_demand",
-        Some("no"),
-        "yes: any existing room is joined when first asked for",
-    ),
-    (
-        "on_demand_grace_secs",
-        Some("300"),
-        "an on-demand room is left this long after its last subscriber",
-    ),
-    (
-        "discover_secs",
-        Some("300"),
-        "how often `rooms = *` fetches the room list",
-    ),
-    (
-        "send_buffer_bytes",
-        Some("65536"),
-        "kernel send buffer per stream socket (bounds the kernel memory a stalled reader pins; --check-config prints the total), 0 = the kernel's autotuning (up to 4 MiB each)",
-    ),
-    (
-        "fanout_delay_ms",
-        Some("0"),
-        "hold new events this long so that several share one write per subscriber: less CPU, that much more latency",
-    ),
-];
+mod keys;
+
+pub use keys::{KEYS, Key, Reload, Value};
 
 /// Parses configuration text. `file` is only used in error messages.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
@@ -364,7 +200,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let key = key.trim();
         // Prosody's config is Lua, where strings are quoted: `secret = "s3cret"` copied from
         // it means `s3cret`. Matching quotes around a whole value are removed, for every key.
-        let list = matches!(key, "rooms" | "events" | "cors_origins");
+        let list = keys::find(key).is_some_and(|k| matches!(k.value, Value::List(_)));
         let value = unquote(value.trim(), list).map_err(|why| err(key, why))?;
         if value.starts_with('#') {
             // `key =#v` would mean `#v`, `key = #v` an empty value: refuse the ambiguity, so
@@ -375,19 +211,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         }
         if let Some((prefix, room)) = key.split_once('.') {
-            let prefix = match prefix {
-                "token" => "token",
-                "password" => "password",
-                _ => {
-                    return Err(err(
-                        key,
-                        format!(
-                            "unknown key{}; per-room keys are token.<room> and password.<room>",
-                            did_you_mean(key)
-                        ),
-                    ));
-                }
-            };
+            let prefix = per_room_prefix(prefix).ok_or_else(|| {
+                let hint = did_you_mean(key);
+                err(
+                    key,
+                    format!(
+                        "unknown key{hint}; per-room keys are token.<room> and password.<room>"
+                    ),
+                )
+            })?;
             if value.is_empty() {
                 return Err(err(key, "empty value".into()));
             }
@@ -401,7 +233,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             per_room.push((prefix, room, value.to_string(), line));
             continue;
         }
-        let Some(&(known, _, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
+        let Some(known) = keys::find(key).map(|k| k.name) else {
             return Err(err(
                 key,
                 format!(
@@ -417,6 +249,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         values.push((known, value.to_string(), line));
     }
     let mut config = build(file, &values)?;
+    add_per_room(&mut config, file, per_room)?;
+    Ok(config)
+}
+
+/// `token` or `password`, the prefixes of the per-room keys.
+fn per_room_prefix(prefix: &str) -> Option<&'static str> {
+    ["token", "password"].into_iter().find(|p| *p == prefix)
+}
+
+/// Adds the `token.<room>` and `password.<room>` lines (`(prefix, room, value, line)`), whose
+/// rooms must be in `rooms`.
+fn add_per_room(
+    config: &mut Config,
+    file: &str,
+    per_room: Vec<(&'static str, String, String, usize)>,
+) -> Result<(), ConfigError> {
     for (prefix, room, value, line) in per_room {
         if !config.rooms.contains(&room) {
             return Err(ConfigError {
@@ -433,7 +281,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         };
         list.push((room, value));
     }
-    Ok(config)
+    Ok(())
 }
 
 /// Cuts a `#` comment: at the start of the line or after whitespace, so `secret = a#b` keeps its `#`.
@@ -495,7 +343,7 @@ fn quoted(value: &str) -> Option<&str> {
 /// Every key a file may hold, per-room forms included, for error messages.
 fn key_list() -> String {
     KEYS.iter()
-        .map(|(k, _, _)| *k)
+        .map(|k| k.name)
         .chain(["token.<room>", "password.<room>"])
         .collect::<Vec<_>>()
         .join(", ")
@@ -515,7 +363,7 @@ fn did_you_mean(key: &str) -> String {
             .unwrap_or_default();
     }
     KEYS.iter()
-        .map(|(k, _, _)| *k)
+        .map(|k| k.name)
         .filter(|k| close(key, k))
         .min_by_key(|k| edit_distance(&key.to_lowercase().replace('-', "_"), k))
         .map(|k| format!(" (did you mean `{k}`?)"))
@@ -545,333 +393,89 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// The settings from the lines given (`(key, value, line)`), every other key at its default,
+/// then the rules that join several keys.
 fn build(file: &str, values: &[(&'static str, String, usize)]) -> Result<Config, ConfigError> {
-    let get = |key: &'static str| -> Result<(String, usize), ConfigError> {
-        if let Some((_, v, line)) = values.iter().find(|(k, _, _)| *k == key) {
-            return Ok((v.clone(), *line));
-        }
-        let (_, default, help) = KEYS
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .expect("every key read is listed in KEYS");
-        match default {
-            Some(d) => Ok((d.to_string(), 0)),
-            None => Err(ConfigError {
-                file: file.to_string(),
-                line: 0,
-                key: key.to_string(),
-                message: format!("missing; add `{key} = ...` ({help})"),
-            }),
-        }
-    };
     let fail = |key: &str, line: usize, message: String| ConfigError {
         file: file.to_string(),
         line,
         key: key.to_string(),
         message,
     };
-    let number = |key: &'static str, min: usize, max: usize| -> Result<usize, ConfigError> {
-        let (v, line) = get(key)?;
-        match v.parse::<usize>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(fail(
-                key,
-                line,
-                format!("expected a whole number from {min} to {max}, found `{v}`"),
-            )),
-        }
-    };
-    let jid_part = |key: &'static str| -> Result<String, ConfigError> {
-        let (v, line) = get(key)?;
-        if v.is_empty() || !v.chars().all(is_domain_char) {
-            return Err(fail(
-                key,
-                line,
-                format!("expected a domain name like sse.example.org, found `{v}`"),
-            ));
-        }
-        Ok(v)
-    };
+    let mut config = Config::blank();
+    for key in KEYS {
+        let (text, line) = match values.iter().find(|(k, _, _)| *k == key.name) {
+            Some((_, v, line)) => (v.as_str(), *line),
+            None => match key.default {
+                Some(d) => (d, 0),
+                None => {
+                    let message = format!("missing; add `{} = ...` ({})", key.name, key.help);
+                    return Err(fail(key.name, 0, message));
+                }
+            },
+        };
+        key.read(&mut config, text)
+            .map_err(|why| fail(key.name, line, why))?;
+    }
+    let line_of = |key: &str| values.iter().find(|(k, _, _)| *k == key).map_or(0, |v| v.2);
+    check(&mut config, &line_of).map_err(|(key, why)| fail(key, line_of(key), why))?;
+    Ok(config)
+}
 
-    let component = jid_part("component")?;
-    let muc = jid_part("muc")?;
-    let (secret, secret_line) = get("secret")?;
-    if secret.is_empty() {
-        return Err(fail(
-            "secret",
-            secret_line,
-            "empty; copy the component_secret from Prosody's config".into(),
-        ));
-    }
-    let (upstream, upstream_line) = get("upstream")?;
-    if upstream
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(fail(
-            "upstream",
-            upstream_line,
-            format!("expected host:port such as 127.0.0.1:5347, found `{upstream}`"),
-        ));
-    }
-    let (on_demand_text, on_demand_line) = get("on_demand")?;
-    let on_demand = match on_demand_text.as_str() {
-        "yes" | "true" => true,
-        "no" | "false" => false,
-        other => {
-            return Err(fail(
-                "on_demand",
-                on_demand_line,
-                format!("expected yes or no, found `{other}`"),
-            ));
-        }
-    };
-    // `rooms` may be left out when `on_demand = yes` names the rooms at run time.
-    let (rooms_text, rooms_line) = match values.iter().find(|(k, _, _)| *k == "rooms") {
-        Some((_, v, line)) => (v.clone(), *line),
-        None => (String::new(), 0),
-    };
-    let mut rooms: Vec<String> = Vec::new();
-    let mut all_rooms = false;
-    for room in rooms_text
-        .split(',')
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-    {
-        let room = unquote_item(room).map_err(|why| fail("rooms", rooms_line, why))?;
-        if room == "*" {
-            all_rooms = true;
-            continue;
-        }
-        if let Err(why) = check_room_node(room) {
-            return Err(fail("rooms", rooms_line, format!("room `{room}`: {why}")));
-        }
-        if room.starts_with('#') {
-            // `rooms = a,#b` lists `#b`, but `rooms = a, #b` (as `describe()` writes it) ends
-            // in a comment.
-            return Err(fail(
-                "rooms",
-                rooms_line,
-                format!("room `{room}`: cannot start with `#` (after a space it starts a comment)"),
-            ));
-        }
-        let room = room.to_lowercase();
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-    }
-    if rooms.len() > 4096 {
-        // max_rooms = 0 means "the number of rooms": without this, 0 would lift the 4096 cap.
-        return Err(fail(
-            "rooms",
-            rooms_line,
-            format!("{} rooms are listed; at most 4096", rooms.len()),
-        ));
-    }
-    if rooms.is_empty() && !all_rooms && !on_demand {
-        let what = if rooms_line == 0 {
+/// The rules that join several keys; `line_of` gives a key's line (0: not in the file). The
+/// error names the key to fix.
+fn check(
+    config: &mut Config,
+    line_of: &dyn Fn(&str) -> usize,
+) -> Result<(), (&'static str, String)> {
+    if config.rooms.is_empty() && !config.all_rooms && !config.on_demand {
+        let what = if line_of("rooms") == 0 {
             "missing; add"
         } else {
             "expected"
         };
-        return Err(fail(
+        return Err((
             "rooms",
-            rooms_line,
             format!(
                 "{what} room nodes (`rooms = lobby, news`), `*` for every public room, or `on_demand = yes`"
             ),
         ));
     }
-    let (nick, nick_line) = get("nick")?;
-    if nick.is_empty() || nick.len() > 64 || nick.chars().any(|c| c.is_control() || c == '/') {
-        return Err(fail(
-            "nick",
-            nick_line,
-            "expected 1 to 64 characters, no `/` and no control characters".into(),
-        ));
+    if config.max_rooms == 0 && (config.all_rooms || config.on_demand) {
+        config.max_rooms = config.rooms.len().max(64);
+    } else if config.max_rooms == 0 {
+        config.max_rooms = config.rooms.len();
     }
-    let (listen_text, listen_line) = get("listen")?;
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        fail(
-            "listen",
-            listen_line,
-            format!("expected ip:port such as 0.0.0.0:8080 or [::]:8080, found `{listen_text}`"),
-        )
-    })?;
-    let (level_text, level_line) = get("log_level")?;
-    let log_level = parse_level(&level_text).ok_or_else(|| {
-        fail(
-            "log_level",
-            level_line,
-            format!("expected error, warn, info, debug or trace, found `{level_text}`"),
-        )
-    })?;
-    let max_rooms_given = number("max_rooms", 0, 4096)?;
-    let max_rooms = if max_rooms_given == 0 && (all_rooms || on_demand) {
-        rooms.len().max(64)
-    } else if max_rooms_given == 0 {
-        rooms.len()
-    } else {
-        max_rooms_given
-    };
-    if rooms.len() > max_rooms {
-        let line = values
-            .iter()
-            .find(|(k, _, _)| *k == "max_rooms")
-            .map_or(0, |v| v.2);
-        return Err(fail(
+    if config.rooms.len() > config.max_rooms {
+        return Err((
             "max_rooms",
-            line,
             format!(
-                "{} rooms are listed but the table holds {max_rooms}; raise max_rooms",
-                rooms.len()
+                "{} rooms are listed but the table holds {}; raise max_rooms",
+                config.rooms.len(),
+                config.max_rooms
             ),
         ));
     }
-    let (auth_text, auth_line) = get("auth_failure")?;
-    let auth_failure = match auth_text.as_str() {
-        "exit" => AuthFailure::Exit,
-        "retry" => AuthFailure::Retry,
-        _ => {
-            return Err(fail(
-                "auth_failure",
-                auth_line,
-                format!("expected exit or retry, found `{auth_text}`"),
-            ));
-        }
-    };
-    let reconnect_min = secs(number("reconnect_min_secs", 1, 3600)?);
-    let reconnect_max = secs(number("reconnect_max_secs", 1, 86400)?);
-    if reconnect_max < reconnect_min {
-        return Err(fail(
+    if config.reconnect_max < config.reconnect_min {
+        return Err((
             "reconnect_max_secs",
-            0,
             "must not be smaller than reconnect_min_secs".into(),
         ));
     }
-    let ring_events = number("ring_events", 1, 65_536)?;
-    let history_given = values.iter().any(|(k, _, _)| *k == "history");
-    let history = number("history", 0, 65_536)?;
     // The default history shrinks to a small ring; an explicit one must fit.
-    let history = if history_given {
-        history
-    } else {
-        history.min(ring_events)
-    };
-    if history > ring_events {
-        let line = values
-            .iter()
-            .find(|(k, _, _)| *k == "history")
-            .map_or(0, |v| v.2);
-        return Err(fail(
+    if line_of("history") == 0 {
+        config.history = config.history.min(config.ring_events);
+    }
+    if config.history > config.ring_events {
+        return Err((
             "history",
-            line,
             format!(
-                "{history} is more than ring_events ({ring_events}); the ring could not hold it"
+                "{} is more than ring_events ({}); the ring could not hold it",
+                config.history, config.ring_events
             ),
         ));
     }
-    let heartbeat = number("heartbeat_secs", 0, 3600)?;
-    let (events_text, events_line) = get("events")?;
-    let mut events = 0u8;
-    for name in events_text
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-    {
-        let name = unquote_item(name).map_err(|why| fail("events", events_line, why))?;
-        events |= crate::rooms::ring::kind::from_name(name).ok_or_else(|| {
-            fail(
-                "events",
-                events_line,
-                format!("unknown event kind `{name}`; expected join, leave (message, subject, status, correction, retraction are always sent)"),
-            )
-        })?;
-    }
-    Ok(Config {
-        component,
-        secret,
-        upstream,
-        muc,
-        rooms,
-        all_rooms,
-        on_demand,
-        on_demand_grace: secs(number("on_demand_grace_secs", 0, 86400)?),
-        discover_every: secs(number("discover_secs", 10, 86400)?),
-        nick,
-        listen,
-        log_level,
-        max_rooms,
-        max_subscribers: number("max_subscribers", 1, 1_000_000)?,
-        max_pending_requests: number("max_pending_requests", 1, 100_000)?,
-        max_pending_per_ip: number("max_pending_per_ip", 0, 100_000)?,
-        max_subscribers_per_room: number("max_subscribers_per_room", 0, 1_000_000)?,
-        max_multi_streams: number("max_multi_streams", 0, 100_000)?,
-        max_connections_per_ip: number("max_connections_per_ip", 0, 1_000_000)?,
-        ring_events,
-        ring_bytes: number("ring_bytes", 1024, 1 << 30)?,
-        max_stanza_bytes: number("max_stanza_bytes", 4096, 64 << 20)?,
-        max_head_bytes: number("max_head_bytes", 512, 1 << 20)?,
-        send_buffer_bytes: number("send_buffer_bytes", 0, 64 << 20)?,
-        fanout_delay: Duration::from_millis(number("fanout_delay_ms", 0, 1000)? as u64),
-        header_timeout: secs(number("header_timeout_secs", 1, 3600)?),
-        keepalive: secs(number("keepalive_secs", 1, 86400)?),
-        ping_timeout: secs(number("ping_timeout_secs", 1, 3600)?),
-        self_ping: secs(number("self_ping_secs", 1, 86400)?),
-        reconnect_min,
-        reconnect_max,
-        auth_failure,
-        history,
-        retry_ms: number("retry_ms", 0, 3_600_000)?,
-        heartbeat: (heartbeat > 0).then(|| secs(heartbeat)),
-        events,
-        token: Some(get("token")?.0).filter(|t| !t.is_empty()),
-        status_token: Some(get("status_token")?.0).filter(|t| !t.is_empty()),
-        room_tokens: Vec::new(),
-        room_passwords: Vec::new(),
-        private_rooms: match get("private_rooms")? {
-            (v, _) if v == "deny" => false,
-            (v, _) if v == "allow" => true,
-            (v, line) => {
-                return Err(fail(
-                    "private_rooms",
-                    line,
-                    format!("expected deny or allow, found `{v}`"),
-                ));
-            }
-        },
-        cors_origins: match get("cors_origins")? {
-            (list, _) if list == "*" || list.is_empty() => None,
-            (list, line) => {
-                let mut origins: Vec<String> = Vec::new();
-                for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                    let origin =
-                        unquote_item(origin).map_err(|why| fail("cors_origins", line, why))?;
-                    origins.push(origin.trim_end_matches('/').to_string());
-                }
-                // An empty list (`cors_origins = ,`) would allow no origin but be described as
-                // `cors_origins = ` (any origin); `#x` would be described as `…, #x`, a comment.
-                let origin = |o: &String| {
-                    (o.starts_with("http://") || o.starts_with("https://"))
-                        && !o.contains(char::is_whitespace)
-                };
-                if origins.is_empty() || !origins.iter().all(origin) {
-                    return Err(fail(
-                        "cors_origins",
-                        line,
-                        format!(
-                            "expected * or origins like https://example.org, comma-separated, found `{list}`"
-                        ),
-                    ));
-                }
-                Some(origins)
-            }
-        },
-    })
-}
-
-fn secs(n: usize) -> Duration {
-    Duration::from_secs(n as u64)
+    Ok(())
 }
 
 fn is_domain_char(c: char) -> bool {
@@ -1041,236 +645,69 @@ pub fn parse_level(text: &str) -> Option<log::LevelFilter> {
     })
 }
 
-/// The memory the tables may hold at most, by part, in bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Ceiling {
-    pub rings: usize,
-    pub subscribers: usize,
-    /// Buffers of streams that merge several rooms.
-    pub multi_streams: usize,
-    pub pending_requests: usize,
-    pub upstream: usize,
-    pub fixed: usize,
-}
-
-/// Kernel memory one stream socket's send queue can hold beyond its `SO_SNDBUF`: the kernel
-/// doubles the size asked for (bookkeeping overhead), and the write that crosses the limit may
-/// queue one more segment of up to 64 KiB.
-pub const SEND_QUEUE_SLACK: usize = 64 * 1024;
-
-/// Kernel memory the stream sockets' send queues can pin (all subscribers stalled), when
-/// `send_buffer_bytes` bounds them; `None` when it is 0 (the kernel's autotuning, up to the
-/// third field of `net.ipv4.tcp_wmem` per socket).
-pub fn kernel_ceiling(max_subscribers: usize, send_buffer_bytes: usize) -> Option<usize> {
-    (send_buffer_bytes > 0).then(|| {
-        max_subscribers.saturating_mul(
-            send_buffer_bytes
-                .saturating_mul(2)
-                .saturating_add(SEND_QUEUE_SLACK),
-        )
-    })
-}
-
-impl Ceiling {
-    pub fn total(&self) -> usize {
-        self.rings
-            .saturating_add(self.subscribers)
-            .saturating_add(self.multi_streams)
-            .saturating_add(self.pending_requests)
-            .saturating_add(self.upstream)
-            .saturating_add(self.fixed)
-    }
-}
-
-/// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
-/// The fan-out bench measured 0.8–1.0 KiB of RSS per connected subscriber on top of its
-/// preallocated 80-byte slot (docs/BENCHMARKS.md); this rounds that up.
-pub const SUBSCRIBER_BYTES: usize = 1152;
-/// Baseline of the process itself: code, libc, executor, reactor (measured idle RSS, rounded up).
-pub const FIXED_BYTES: usize = 3 << 20;
-
-/// Largest SSE frame one stanza can produce. The stream parser admits only XML characters, so
-/// JSON escaping at most doubles a stanza byte (`"` → `\"`, LF → `\n`; a `&#9;` of four bytes
-/// becomes two).
-pub fn max_frame_bytes(max_stanza_bytes: usize) -> usize {
-    max_stanza_bytes.saturating_mul(2).saturating_add(256)
-}
-
 impl Config {
-    /// Upper bound of the heap the configured tables can reach.
-    pub fn ceiling(&self) -> Ceiling {
-        let frame = max_frame_bytes(self.max_stanza_bytes);
-        // A slot, plus its event's id and origin strings.
-        let ring_slots =
-            self.ring_events * (std::mem::size_of::<Option<crate::rooms::ring::Entry>>() + 3 * 256);
-        Ceiling {
-            // Each ring may go over its byte budget by one frame (the newest is always kept),
-            // and each frame may have its multi-room twin; plus one evicted frame that
-            // subscribers are still writing (pinned: see `rooms::fanout::Pin`).
-            // Saturating: on 32-bit targets large settings would overflow.
-            rings: self.max_rooms.saturating_mul(
-                (self.ring_bytes.saturating_add(frame))
-                    .saturating_mul(2)
-                    .saturating_add(frame)
-                    .saturating_add(ring_slots + 512),
-            ),
-            subscribers: self.max_subscribers.saturating_mul(SUBSCRIBER_BYTES),
-            multi_streams: self
-                .max_multi_streams
-                .saturating_mul(crate::http::multi::BUFFER.saturating_add(frame)),
-            pending_requests: self
-                .max_pending_requests
-                .saturating_mul(self.max_head_bytes + 1024),
-            // Receive buffer, one parsed stanza tree (at most ~4× its text), send buffer.
-            upstream: self
-                .max_stanza_bytes
-                .saturating_mul(6)
-                .saturating_add(64 * 1024),
-            fixed: FIXED_BYTES,
-        }
-    }
-
-    /// The settings as `key = value` lines (secret hidden), followed by the memory ceiling.
+    /// The settings as `key = value` lines (secrets hidden), in the order of [`KEYS`], then
+    /// the per-room keys; `memory::describe` adds the ceiling.
     pub fn describe(&self) -> String {
-        let c = self.ceiling();
         let mut out = String::new();
-        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
-        line("component", self.component.clone());
-        line("secret", format!("<{} bytes, hidden>", self.secret.len()));
-        line("upstream", self.upstream.clone());
-        line("muc", self.muc.clone());
-        let mut rooms = self.rooms.clone();
-        if self.all_rooms {
-            rooms.push("*".into());
+        for key in KEYS {
+            out.push_str(&format!("{} = {}\n", key.name, (key.show)(self)));
         }
-        line("rooms", rooms.join(", "));
-        line(
-            "on_demand",
-            if self.on_demand { "yes" } else { "no" }.into(),
-        );
-        line(
-            "on_demand_grace_secs",
-            self.on_demand_grace.as_secs().to_string(),
-        );
-        line("discover_secs", self.discover_every.as_secs().to_string());
-        line("nick", self.nick.clone());
-        line("listen", self.listen.to_string());
-        line("log_level", self.log_level.to_string().to_lowercase());
-        line("max_rooms", self.max_rooms.to_string());
-        line("max_subscribers", self.max_subscribers.to_string());
-        line(
-            "max_pending_requests",
-            self.max_pending_requests.to_string(),
-        );
-        line("max_pending_per_ip", self.max_pending_per_ip.to_string());
-        line("max_multi_streams", self.max_multi_streams.to_string());
-        line(
-            "max_subscribers_per_room",
-            self.max_subscribers_per_room.to_string(),
-        );
-        line(
-            "max_connections_per_ip",
-            self.max_connections_per_ip.to_string(),
-        );
-        line("ring_events", self.ring_events.to_string());
-        line("ring_bytes", self.ring_bytes.to_string());
-        line("max_stanza_bytes", self.max_stanza_bytes.to_string());
-        line("max_head_bytes", self.max_head_bytes.to_string());
-        line("send_buffer_bytes", self.send_buffer_bytes.to_string());
-        line("fanout_delay_ms", self.fanout_delay.as_millis().to_string());
-        line(
-            "header_timeout_secs",
-            self.header_timeout.as_secs().to_string(),
-        );
-        line("keepalive_secs", self.keepalive.as_secs().to_string());
-        line("ping_timeout_secs", self.ping_timeout.as_secs().to_string());
-        line("self_ping_secs", self.self_ping.as_secs().to_string());
-        line(
-            "reconnect_min_secs",
-            self.reconnect_min.as_secs().to_string(),
-        );
-        line(
-            "reconnect_max_secs",
-            self.reconnect_max.as_secs().to_string(),
-        );
-        line(
-            "auth_failure",
-            match self.auth_failure {
-                AuthFailure::Exit => "exit".into(),
-                AuthFailure::Retry => "retry".into(),
-            },
-        );
-        line("history", self.history.to_string());
-        line("retry_ms", self.retry_ms.to_string());
-        let extra: Vec<&str> = [
-            ("join", crate::rooms::ring::kind::JOIN),
-            ("leave", crate::rooms::ring::kind::LEAVE),
-        ]
-        .iter()
-        .filter(|(_, bit)| self.events & bit != 0)
-        .map(|(name, _)| *name)
-        .collect();
-        line("events", extra.join(", "));
-        line(
-            "token",
-            if self.token.is_some() {
-                "<set, hidden>".into()
-            } else {
-                String::new()
-            },
-        );
-        line(
-            "status_token",
-            if self.status_token.is_some() {
-                "<set, hidden>".into()
-            } else {
-                String::new()
-            },
-        );
         for (room, _) in &self.room_tokens {
-            line(&format!("token.{room}"), "<set, hidden>".into());
+            out.push_str(&format!("token.{room} = <set, hidden>\n"));
         }
         for (room, _) in &self.room_passwords {
-            line(&format!("password.{room}"), "<set, hidden>".into());
-        }
-        line(
-            "private_rooms",
-            if self.private_rooms { "allow" } else { "deny" }.into(),
-        );
-        line(
-            "cors_origins",
-            self.cors_origins
-                .as_ref()
-                .map_or("*".into(), |o| o.join(", ")),
-        );
-        line(
-            "heartbeat_secs",
-            self.heartbeat.map_or(0, |d| d.as_secs()).to_string(),
-        );
-        out.push_str(&format!(
-            "# memory ceiling: {} bytes ({:.1} MiB) = rings {} + subscribers {} + multi-room streams {} + pending requests {} + upstream {} + process {}\n",
-            c.total(),
-            c.total() as f64 / (1024.0 * 1024.0),
-            c.rings,
-            c.subscribers,
-            c.multi_streams,
-            c.pending_requests,
-            c.upstream,
-            c.fixed
-        ));
-        match kernel_ceiling(self.max_subscribers, self.send_buffer_bytes) {
-            Some(k) => out.push_str(&format!(
-                "# kernel socket memory ceiling: {k} bytes ({:.1} MiB) = max_subscribers {} x (2 x send_buffer_bytes {} + {SEND_QUEUE_SLACK}); subscribers dropped for falling behind are reset, which frees theirs at once\n",
-                k as f64 / (1024.0 * 1024.0),
-                self.max_subscribers,
-                self.send_buffer_bytes,
-            )),
-            None => out.push_str(&format!(
-                "# kernel socket memory: not bounded by this daemon (send_buffer_bytes = 0): each of max_subscribers {} stream sockets may grow to the third field of net.ipv4.tcp_wmem (often 4 MiB)\n",
-                self.max_subscribers
-            )),
+            out.push_str(&format!("password.{room} = <set, hidden>\n"));
         }
         out
+    }
+
+    /// Every setting empty or zero: what [`KEYS`] fill in.
+    fn blank() -> Config {
+        Config {
+            component: String::new(),
+            secret: String::new(),
+            upstream: String::new(),
+            muc: String::new(),
+            rooms: Vec::new(),
+            all_rooms: false,
+            on_demand: false,
+            on_demand_grace: Duration::ZERO,
+            discover_every: Duration::ZERO,
+            nick: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_level: log::LevelFilter::Info,
+            max_rooms: 0,
+            max_subscribers: 0,
+            max_pending_requests: 0,
+            max_pending_per_ip: 0,
+            max_multi_streams: 0,
+            max_subscribers_per_room: 0,
+            max_connections_per_ip: 0,
+            ring_events: 0,
+            ring_bytes: 0,
+            max_stanza_bytes: 0,
+            max_head_bytes: 0,
+            send_buffer_bytes: 0,
+            fanout_delay: Duration::ZERO,
+            header_timeout: Duration::ZERO,
+            keepalive: Duration::ZERO,
+            ping_timeout: Duration::ZERO,
+            self_ping: Duration::ZERO,
+            reconnect_min: Duration::ZERO,
+            reconnect_max: Duration::ZERO,
+            auth_failure: AuthFailure::Exit,
+            history: 0,
+            retry_ms: 0,
+            heartbeat: None,
+            events: 0,
+            token: None,
+            room_tokens: Vec::new(),
+            room_passwords: Vec::new(),
+            private_rooms: false,
+            cors_origins: None,
+            status_token: None,
+        }
     }
 }
 
@@ -1282,29 +719,12 @@ mod tests {
         "component = sse.localhost\nsecret = s\nmuc = conference.localhost\nrooms = lobby, news\n";
 
     #[test]
-    fn check_config_prints_the_kernel_part_of_the_ceiling() {
-        let c = parse("t.conf", MINIMAL).unwrap();
-        assert_eq!(c.send_buffer_bytes, 65536);
-        assert!(c.describe().contains(&format!(
-            "# kernel socket memory ceiling: {} bytes",
-            1024 * (2 * 65536 + SEND_QUEUE_SLACK)
-        )));
-        let text = format!("{MINIMAL}send_buffer_bytes = 0\n");
-        let unbounded = parse("t.conf", &text).unwrap().describe();
-        assert!(
-            unbounded.contains("# kernel socket memory: not bounded"),
-            "{unbounded}"
-        );
-    }
-
-    #[test]
     fn minimal_file_gets_defaults() {
         let c = parse("t.conf", MINIMAL).unwrap();
         assert_eq!(c.rooms, vec!["lobby", "news"]);
         assert_eq!(c.max_rooms, 2);
         assert_eq!(c.upstream, "127.0.0.1:5347");
         assert_eq!(c.auth_failure, AuthFailure::Exit);
-        assert!(c.describe().contains("memory ceiling"));
         assert!(
             !c.describe().contains("= s\n"),
             "secret must not be printed"
@@ -1470,6 +890,32 @@ mod tests {
         );
         let e = parse("t", &format!("{base}rooms =\n")).unwrap_err();
         assert!(e.to_string().contains("on_demand = yes"), "{e}");
+    }
+
+    #[test]
+    fn describe_writes_every_key_once_and_reads_back_the_same() {
+        let text = format!(
+            "{MINIMAL}token = t\nstatus_token = st\nevents = leave\ncors_origins = https://a\nheartbeat_secs = 0\ntoken.news = n\n"
+        );
+        let c = parse("t", &text).unwrap();
+        let described = c.describe();
+        let names: Vec<&str> = described
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        let expected: Vec<&str> = KEYS.iter().map(|k| k.name).chain(["token.news"]).collect();
+        assert_eq!(names, expected);
+        // Put the hidden values back, as an operator would.
+        let file = described
+            .replace("secret = <1 bytes, hidden>", "secret = s")
+            .replace("status_token = <set, hidden>", "status_token = st")
+            .replace("token = <set, hidden>", "token = t")
+            .replace("token.news = <set, hidden>", "token.news = n");
+        let again = parse("described", &file).unwrap_or_else(|e| panic!("{e}\n{file}"));
+        assert_eq!(again.describe(), described);
+        for key in KEYS {
+            assert!(!(key.differs)(&c, &again), "{}", key.name);
+        }
     }
 
     #[test]

@@ -112,7 +112,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        print!("{}", config.describe());
+        print!(
+            "{}{}",
+            config.describe(),
+            muc_eventsource::memory::describe(&config)
+        );
         return ExitCode::SUCCESS;
     }
     logger::init(config.log_level);
@@ -127,12 +131,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
     // Everything below lives as long as the process; leaking makes it `'static` for the tasks.
     let settings: &'static Settings = Box::leak(Box::new(Settings::new(path, config.clone())));
     let config: &'static Config = Box::leak(Box::new(config));
-    let table = RoomTable::new(
-        config.max_rooms,
-        config.ring_events,
-        config.ring_bytes,
-        config.max_subscribers,
-    );
+    let table = RoomTable::new(config.sizes());
     for room in &config.rooms {
         table
             .add(room, &config.muc, Origin::Configured)
@@ -163,7 +162,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
         config.listen,
         config.rooms.join(", "),
         config.muc,
-        config.ceiling().total() / 1024
+        muc_eventsource::memory::ceiling(config).total() / 1024
     );
     let executor: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
     let server: &'static Server =
@@ -189,9 +188,10 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
             }
         })
         .detach();
-    if let Some(every) = config.heartbeat {
-        executor.spawn(sse::heartbeat(table, every)).detach();
-    }
+    // Always running: `heartbeat_secs` is read again before each beat, so a reload applies it.
+    executor
+        .spawn(sse::heartbeat(table, || settings.get().heartbeat))
+        .detach();
     if !config.fanout_delay.is_zero() {
         executor
             .spawn(flusher::delayed(table, config.fanout_delay))

@@ -1,25 +1,55 @@
 //! The documentation keeps up with the code: every configuration key is in the README's table
 //! and in the commented example configuration, and that example is accepted by the parser.
 
-use muc_eventsource::config::{self, KEYS};
+use muc_eventsource::config::{self, KEYS, Reload, Value};
 
 fn read(path: &str) -> String {
     let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The README's key table, one row per entry of `config::KEYS`, in its order: default,
+/// accepted numbers, whether `SIGHUP` applies it, help.
+fn key_table() -> String {
+    let mut table =
+        String::from("| key | default | range | on `SIGHUP` | meaning |\n|---|---|---|---|---|\n");
+    for key in KEYS {
+        let default = match key.default {
+            None => "— (required)".to_string(),
+            Some("") => "(none)".to_string(),
+            Some(d) => format!("`{d}`"),
+        };
+        let range = match key.value {
+            Value::Number { min, max, .. } => format!("{min}–{max}"),
+            Value::Text(_) | Value::List(_) => String::new(),
+        };
+        let reload = match key.reload {
+            Reload::Live => "applied",
+            Reload::Restart => "restart",
+        };
+        table.push_str(&format!(
+            "| `{}` | {default} | {range} | {reload} | {} |\n",
+            key.name, key.help
+        ));
+    }
+    table
+}
+
 #[test]
 fn every_key_is_documented() {
     let readme = read("README.md");
+    let table = key_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's key table is not the one config::KEYS gives; replace it with:\n{table}"
+    );
     let example = read("systemd/muc-eventsource.conf.example");
-    for (key, _, _) in KEYS {
+    for key in KEYS {
         assert!(
-            readme.contains(&format!("| `{key}` |")),
-            "README.md lacks `{key}`"
-        );
-        assert!(
-            example.contains(&format!("#{key} =")) || example.contains(&format!("\n{key} =")),
-            "the example configuration lacks `{key}`"
+            example.contains(&format!("#{} =", key.name))
+                || example.contains(&format!("\n{} =", key.name)),
+            "the example configuration lacks `{}`",
+            key.name
         );
     }
 }

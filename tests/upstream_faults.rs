@@ -23,7 +23,7 @@ use common::sse::{SseClient, http_get};
 const T: Duration = Duration::from_secs(10);
 const ROOMS: &[&str] = &["lobby", "news"];
 const NICK: &str = "alice";
-/// The process part of the daemon's memory ceiling (`FIXED_BYTES` in src/config.rs: the
+/// The process part of the daemon's memory ceiling (`FIXED_BYTES` in src/memory.rs: the
 /// measured idle RSS of a release build).
 const PROCESS_BYTES: u64 = 2 << 20;
 

@@ -46,7 +46,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let described = config.describe();
-    let _ = config.ceiling().total();
+    let _ = muc_eventsource::memory::ceiling(&config).total();
+    let _ = muc_eventsource::memory::describe(&config);
     let hidden = format!("secret = <{} bytes, hidden>", config.secret.len());
     assert!(
         described.lines().any(|l| l == hidden),

@@ -203,7 +203,12 @@ mod tests {
     fn setup(extra: &str) -> (Config, RoomTable) {
         let text = format!("component = s.l\nsecret = x\nmuc = c.l\nrooms = open, closed\n{extra}");
         let config = config::parse("t", &text).unwrap();
-        let table = RoomTable::new(2, 4, 4096, 4);
+        let table = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 2,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         table.add("open", "c.l", crate::rooms::table::Origin::Configured);
         table.add("closed", "c.l", crate::rooms::table::Origin::Configured);
         {

@@ -56,7 +56,12 @@ mod tests {
 
     #[test]
     fn healthy_only_with_the_link_up_and_every_room_joined() {
-        let t = RoomTable::new(2, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 2,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         t.add(
             "lobby",
             "conference.localhost",

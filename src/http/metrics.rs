@@ -198,7 +198,12 @@ mod tests {
 
     #[test]
     fn renders_every_counter_with_help_and_type() {
-        let t = RoomTable::new(2, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 2,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         t.add(
             "lobby",
             "conference.localhost",

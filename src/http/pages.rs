@@ -375,7 +375,12 @@ mod tests {
 
     /// Public rooms `lobby` and `café`.
     fn table() -> RoomTable {
-        let t = RoomTable::new(3, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 3,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         t.add(
             "lobby",
             "conference.localhost",
@@ -473,7 +478,12 @@ mod tests {
 
     #[test]
     fn room_strings_are_escaped_and_pages_stay_small() {
-        let t = RoomTable::new(24, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 24,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         for i in 0..24 {
             t.add(
                 &format!("room{i}"),

@@ -271,7 +271,12 @@ mod tests {
     use crate::http::request::{Reject, parse_test};
 
     fn table() -> RoomTable {
-        let t = RoomTable::new(2, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 2,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         t.add(
             "lobby",
             "conference.localhost",
@@ -491,7 +496,12 @@ mod tests {
 
     #[test]
     fn on_demand_rooms_nobody_may_read_answer_as_missing_ones() {
-        let t = RoomTable::new(4, 4, 4096, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 4,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
         let c = crate::config::parse(
             "t",
             "component = s.l\nsecret = x\nmuc = c.l\nrooms = lobby\non_demand = yes\n",

@@ -308,13 +308,24 @@ async fn wait(
     .await
 }
 
-/// Wakes every subscriber every `every` to send a keep-alive comment (HTML §9.2.7: proxies
-/// drop idle connections). One timer for all streams.
-pub async fn heartbeat(table: &RoomTable, every: std::time::Duration) {
-    let mut timer = async_io::Timer::interval(every);
+/// Wakes every subscriber to send a keep-alive comment (HTML §9.2.7: proxies drop idle
+/// connections) at the interval `every` gives in force (`heartbeat_secs`; `None` = off). One
+/// timer for all streams.
+pub async fn heartbeat(table: &RoomTable, every: impl Fn() -> Option<std::time::Duration>) {
     loop {
-        futures_lite::StreamExt::next(&mut timer).await;
-        table.beat();
+        match every() {
+            Some(interval) => {
+                async_io::Timer::after(interval).await;
+                // Turned off meanwhile (`heartbeat_secs = 0` and a reload): no beat.
+                if every().is_some() {
+                    table.beat();
+                }
+            }
+            // Off: look again later, in case a reload turns it on.
+            None => {
+                async_io::Timer::after(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -354,7 +365,12 @@ mod tests {
         .unwrap();
         let settings: &'static crate::settings::Settings =
             Box::leak(Box::new(crate::settings::Settings::new("unused", config)));
-        let table = RoomTable::new(1, 8, 1 << 16, 2);
+        let table = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 1,
+            ring_events: 8,
+            ring_bytes: 1 << 16,
+            subscribers: 2,
+        });
         table.add("lobby", "c.l", Origin::Configured);
         let flags = |known: bool, members_only: bool| {
             let mut info = table.room(0).info.borrow_mut();

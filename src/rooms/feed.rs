@@ -520,7 +520,12 @@ mod tests {
     }
 
     fn table() -> RoomTable {
-        let t = RoomTable::new(1, 16, 1 << 16, 4);
+        let t = RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 1,
+            ring_events: 16,
+            ring_bytes: 1 << 16,
+            subscribers: 4,
+        });
         t.add("lobby", "c", crate::rooms::table::Origin::Configured);
         t
     }

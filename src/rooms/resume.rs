@@ -222,7 +222,13 @@ mod tests {
     const UUID: &str = "0b7c4e8a-5d2f-4c1e-9a3b-7f6e5d4c3b2a";
 
     fn minted() -> String {
-        crate::rooms::table::RoomTable::new(1, 1, 64, 1).mint_id(7)
+        crate::rooms::table::RoomTable::new(crate::rooms::table::Sizes {
+            rooms: 1,
+            ring_events: 1,
+            ring_bytes: 64,
+            subscribers: 1,
+        })
+        .mint_id(7)
     }
 
     #[test]

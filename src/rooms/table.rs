@@ -278,14 +278,59 @@ pub struct Subscription<'t> {
     room: usize,
 }
 
+/// The fixed sizes of the tables, set once at start-up (`max_rooms`, `ring_events`,
+/// `ring_bytes`, `max_subscribers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Room entries, each with its ring.
+    pub rooms: usize,
+    /// Events each ring keeps.
+    pub ring_events: usize,
+    /// Bytes of frames each ring keeps (the newest frame is always kept).
+    pub ring_bytes: usize,
+    /// Subscriber slots, all rooms together.
+    pub subscribers: usize,
+}
+
+/// Userspace bytes one connected subscriber costs: its task, its slot, its socket handle.
+/// The fan-out bench measured 0.8–1.0 KiB of RSS per connected subscriber on top of its
+/// preallocated 80-byte slot (docs/BENCHMARKS.md); this rounds that up.
+pub const SUBSCRIBER_BYTES: usize = 1152;
+
+impl Sizes {
+    /// Most heap the rings can hold, frames being at most `max_frame` bytes. Each ring may go
+    /// over its byte budget by one frame (the newest is always kept), and each frame may have
+    /// its multi-room twin; plus one evicted frame that subscribers are still writing (pinned:
+    /// see `rooms::fanout::Pin`). Saturating: on 32-bit targets large settings would overflow.
+    pub fn rings_ceiling(&self, max_frame: usize) -> usize {
+        // A slot, plus its event's id and origin strings.
+        let slots = self
+            .ring_events
+            .saturating_mul(std::mem::size_of::<Option<super::ring::Entry>>() + 3 * 256);
+        self.rooms.saturating_mul(
+            (self.ring_bytes.saturating_add(max_frame))
+                .saturating_mul(2)
+                .saturating_add(max_frame)
+                .saturating_add(slots + 512),
+        )
+    }
+
+    /// Most heap the connected subscribers cost.
+    pub fn subscribers_ceiling(&self) -> usize {
+        self.subscribers.saturating_mul(SUBSCRIBER_BYTES)
+    }
+}
+
 impl RoomTable {
-    /// Allocates `max_rooms` rooms (each with its ring) and `max_subscribers` subscriber slots.
-    pub fn new(
-        max_rooms: usize,
-        ring_events: usize,
-        ring_bytes: usize,
-        max_subscribers: usize,
-    ) -> RoomTable {
+    /// Allocates `sizes.rooms` rooms (each with its ring) and `sizes.subscribers` subscriber
+    /// slots.
+    pub fn new(sizes: Sizes) -> RoomTable {
+        let Sizes {
+            rooms: max_rooms,
+            ring_events,
+            ring_bytes,
+            subscribers: max_subscribers,
+        } = sizes;
         let rooms = (0..max_rooms)
             .map(|_| Room {
                 node: RefCell::new(Rc::from("")),
@@ -911,7 +956,12 @@ mod tests {
     }
 
     fn table() -> RoomTable {
-        let t = RoomTable::new(2, 4, 1 << 16, 3);
+        let t = RoomTable::new(Sizes {
+            rooms: 2,
+            ring_events: 4,
+            ring_bytes: 1 << 16,
+            subscribers: 3,
+        });
         t.add("Lobby", "conference.localhost", Origin::Configured)
             .unwrap();
         t.add("news", "conference.localhost", Origin::Configured)
@@ -1127,7 +1177,12 @@ mod tests {
     /// A table whose passes are sliced (the continuing task registered), with `n` parked
     /// subscribers of room 0 on roomy sockets.
     fn sliced(n: usize, ring_events: usize) -> (RoomTable, Arc<Count>) {
-        let t = RoomTable::new(1, ring_events, 1 << 20, n);
+        let t = RoomTable::new(Sizes {
+            rooms: 1,
+            ring_events,
+            ring_bytes: 1 << 20,
+            subscribers: n,
+        });
         t.add("big", "conference.localhost", Origin::Configured)
             .unwrap();
         let continuer = Arc::new(Count(AtomicUsize::new(0)));
@@ -1248,7 +1303,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_slot_fits_the_memory_budget() {
-        // `config::SUBSCRIBER_BYTES` counts 80 bytes for the preallocated slot.
+        // `SUBSCRIBER_BYTES` counts 80 bytes for the preallocated slot.
         assert!(
             std::mem::size_of::<Slot>() <= 80,
             "{}",
