@@ -1,7 +1,7 @@
 //! The one definition of every configuration key: its name, default, bounds or syntax, help
 //! text, how `--check-config` writes it back, and whether `SIGHUP` applies it or it needs a
 //! restart. Parsing (`config::parse`), `Config::describe`, the reload diff
-//! (`Settings::reload`) and the README's key table (`tests/docs.rs`) all read this table.
+//! (`Settings::reload`) and the README's key table (`tests/pages/docs.rs`) all read this table.
 
 use std::net::SocketAddr;
 use std::time::Duration;

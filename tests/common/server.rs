@@ -3,7 +3,7 @@
 //! actions tests take on the server (register users, create rooms, restart, stop).
 //!
 //! [`Kind::start`] starts either with MUC archives on (so room messages carry stanza-ids on
-//! both); tests written once against `&dyn Server` run on both (see `tests/servers.rs`).
+//! both); tests written once against `&dyn Server` run on both (see `tests/servers/servers.rs`).
 
 use super::ejabberd::Ejabberd;
 use super::prosody::Prosody;

@@ -4,7 +4,7 @@
 //! invalid UTF-8), the SSE/HTTP clients against a scripted local TCP server (raw, chunked and
 //! Content-Length bodies), and the JSON checker.
 
-mod common;
+use crate::common;
 
 use common::json::{Json, json_str};
 use common::sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};

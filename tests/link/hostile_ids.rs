@@ -8,7 +8,7 @@
 //! sees no `reconnecting` and loses no message. And a named event's id (`<stanza-id>~<n>`)
 //! whose message the ring no longer holds resumes from the archive after that message.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

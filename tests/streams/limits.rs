@@ -3,7 +3,7 @@
 //! request heads over `max_head_bytes`. Real clients must keep being served, the abusers get a
 //! status (or the door) within the configured time, and nothing grows past its table.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

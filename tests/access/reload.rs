@@ -3,7 +3,7 @@
 //! every key of `config::KEYS` is either applied to the running daemon or named in the
 //! "needs a restart" warning.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

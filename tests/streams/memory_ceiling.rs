@@ -2,7 +2,7 @@
 //! (rooms, subscribers, multi-room streams, pending requests, full rings of large events,
 //! stalled readers) and its peak RSS (VmHWM) must stay under the printed ceiling.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

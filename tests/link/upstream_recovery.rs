@@ -4,7 +4,7 @@
 //! drop one without it (the control); subscribers stay connected and are told what happens.
 //! (Prosody 0.12 itself answers a silent component with whitespace instead of dropping it.)
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

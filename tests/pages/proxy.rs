@@ -2,7 +2,7 @@
 //! prefix (`/chat/`), events arrive through it unbuffered, and the live page's links (all
 //! relative) work under the prefix.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;

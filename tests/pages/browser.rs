@@ -10,7 +10,7 @@
 //!
 //! Needs `apt-get install -y chromium` (and prosody); a missing Chromium fails the test.
 
-mod common;
+use crate::common;
 
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;

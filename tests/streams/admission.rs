@@ -6,7 +6,7 @@
 //! Clients come from different loopback addresses (all of 127.0.0.0/8 is local on Linux) by
 //! binding the source address before `connect`, which std cannot do: hence the libc calls.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

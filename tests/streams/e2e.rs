@@ -2,7 +2,7 @@
 //! (the release-like binary Cargo built) republishes them, and SSE clients parse the streams
 //! with a WHATWG-conformant parser.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

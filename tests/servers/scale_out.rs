@@ -10,7 +10,7 @@
 //!
 //! Needs Debian's prosody, ejabberd, nginx and chromium; a missing one fails the test.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,7 @@
 //! it give up for good), other clients with 503 and Retry-After; a client address over its
 //! connection cap is closed unanswered (a network error, which EventSources retry).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 //! - Both times the daemon is back within `reconnect_min_secs` plus a few seconds of the link
 //!   being restored (the back-off starts over once a session is established).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! on-demand requests for hidden and missing rooms get the same answer and are not listed; `/`,
 //! `/metrics` and `/healthz` name private rooms only to the operator (`status_token`).
 
-mod common;
+use crate::common;
 
 use std::thread::sleep;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! (plus the `async-io` reactor's helper), before and after load and hostile requests,
 //! including `Expect: 100-continue` (which makes async-h1 start a thread pool).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! has it checked and joined; it is left after the grace period; a missing room is a 404 and
 //! is never created) and `rooms = *` (every public room, found with disco#items).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! be dropped once they fall more than the ring (`ring_events`) behind; and the daemon's
 //! resident memory must stay below the ceiling `--check-config` prints for that config.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

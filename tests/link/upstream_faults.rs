@@ -11,7 +11,7 @@
 //! the messages pushed after the reconnect (and never anything from the broken stanza). Memory
 //! is checked (VmHWM) around the 10 MB stanza and the largest stanzas the daemon accepts.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
