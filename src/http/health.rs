@@ -56,22 +56,7 @@ mod tests {
 
     #[test]
     fn healthy_only_with_the_link_up_and_every_room_joined() {
-        let t = RoomTable::new(crate::rooms::table::Sizes {
-            rooms: 2,
-            ring_events: 4,
-            ring_bytes: 4096,
-            subscribers: 4,
-        });
-        t.add(
-            "lobby",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
-        t.add(
-            "news",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
+        let t = RoomTable::for_tests(2, &["lobby", "news"]);
         assert_eq!(
             check(&t, &|_| true),
             Err("upstream link down; room lobby: joining; room news: joining".into())

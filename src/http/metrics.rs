@@ -198,22 +198,7 @@ mod tests {
 
     #[test]
     fn renders_every_counter_with_help_and_type() {
-        let t = RoomTable::new(crate::rooms::table::Sizes {
-            rooms: 2,
-            ring_events: 4,
-            ring_bytes: 4096,
-            subscribers: 4,
-        });
-        t.add(
-            "lobby",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
-        t.add(
-            "we\\ird\"room",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
+        let t = RoomTable::for_tests(2, &["lobby", "we\\ird\"room"]);
         let s = t.stats();
         s.upstream_up.set(true);
         s.reconnects.add(2);

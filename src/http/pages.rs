@@ -375,22 +375,7 @@ mod tests {
 
     /// Public rooms `lobby` and `café`.
     fn table() -> RoomTable {
-        let t = RoomTable::new(crate::rooms::table::Sizes {
-            rooms: 3,
-            ring_events: 4,
-            ring_bytes: 4096,
-            subscribers: 4,
-        });
-        t.add(
-            "lobby",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
-        t.add(
-            "café",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
+        let t = RoomTable::for_tests(3, &["lobby", "café"]);
         public(&t);
         t
     }

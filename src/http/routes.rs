@@ -271,22 +271,7 @@ mod tests {
     use crate::http::request::{Reject, parse_test};
 
     fn table() -> RoomTable {
-        let t = RoomTable::new(crate::rooms::table::Sizes {
-            rooms: 2,
-            ring_events: 4,
-            ring_bytes: 4096,
-            subscribers: 4,
-        });
-        t.add(
-            "lobby",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
-        t.add(
-            "café",
-            "conference.localhost",
-            crate::rooms::table::Origin::Configured,
-        );
+        let t = RoomTable::for_tests(2, &["lobby", "café"]);
         for room in t.rooms() {
             let mut info = room.info.borrow_mut();
             info.known = true;

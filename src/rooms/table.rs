@@ -373,6 +373,22 @@ impl RoomTable {
         }
     }
 
+    /// A small table for unit tests: `capacity` rooms (4 events, 4 KiB, 4 subscribers), with
+    /// `rooms` added as configured rooms of `conference.localhost`.
+    #[cfg(test)]
+    pub fn for_tests(capacity: usize, rooms: &[&str]) -> RoomTable {
+        let t = RoomTable::new(Sizes {
+            rooms: capacity,
+            ring_events: 4,
+            ring_bytes: 4096,
+            subscribers: 4,
+        });
+        for room in rooms {
+            t.add(room, "conference.localhost", Origin::Configured);
+        }
+        t
+    }
+
     /// Gives a room an entry (or returns the one it has; a configured room stays configured).
     /// Entries never used come first; then, for a configured room or when the table is full,
     /// the entry of a discovered or on-demand room nobody reads and we are not in. Returns
