@@ -367,61 +367,10 @@ async fn connection(
 ) {
     let live = server.settings.get();
     let config: &Config = &live;
-    let head = Box::pin(future::or(
-        read_head(&socket, config.max_head_bytes, || admit(server, peer)),
-        async {
-            Timer::after(config.header_timeout).await;
-            Err(None)
-        },
-    ))
-    .await;
-    let head = match head {
-        Ok(head) => head,
-        Err(None) => {
-            log::debug!(
-                "{peer}: no complete request within {:?}",
-                config.header_timeout
-            );
-            server.table.stats().rejected_timeout.add(1);
-            let reply = Reply::text(408, "request timeout\n");
-            send(&socket, &reply.to_bytes()).await;
-            return;
-        }
-        Err(Some(Ok(why))) => {
-            log::debug!("{peer}: rejected request: {why:?}");
-            server.table.stats().rejected_bad_request.add(1);
-            send(&socket, &reply::reject(why).to_bytes()).await;
-            return;
-        }
-        Err(Some(Err(_))) => return,
+    let Some(head) = request(server, &socket, peer, config).await else {
+        return;
     };
-    // With `on_demand`, a stream of a room the table does not hold yet gives it an entry; the
-    // XMPP side asks its disco#info (never creating it), and the route waits for that to
-    // decide. Not for a request the global token refuses anyway.
-    let on_demand = if config.on_demand
-        && let Some(node) = head
-            .path
-            .strip_prefix("/eventsource/")
-            .and_then(super::request::percent_decode)
-        && server
-            .table
-            .find_node(&node)
-            .is_none_or(|i| server.table.room(i).is_free())
-        && crate::config::check_room_node(&node).is_ok()
-        && access::passes_global(config, &access::Credential::of(&head, config))
-    {
-        let added = server.table.add(&node, &config.muc, Origin::OnDemand);
-        if added.is_none() {
-            server.warn_limited(&format!(
-                "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
-                config.max_rooms,
-                Shown(&node)
-            ));
-        }
-        added
-    } else {
-        None
-    };
+    let on_demand = add_on_demand(server, config, &head);
     // A room still being joined (start-up, upstream reconnecting): wait a little for it rather
     // than turn the client away at once.
     let deadline = Instant::now() + SYNC_WAIT;
@@ -436,133 +385,248 @@ async fn connection(
     if let Some(index) = on_demand {
         retire_unread(server.table, index, &route);
     }
+    let client = Client {
+        server,
+        socket,
+        peer,
+        head,
+        config: live.clone(),
+    };
     match route {
         Route::Reply(reply) | Route::NotReady(reply) => {
             log::debug!(
                 "{peer}: {:?} {} -> {}",
-                head.method,
-                Shown(&head.path),
+                client.head.method,
+                Shown(&client.head.path),
                 reply.status
             );
-            send(&socket, &reply.to_bytes()).await;
+            send(&client.socket, &reply.to_bytes()).await;
         }
         Route::Stream {
             room,
             start,
             mask,
-            head: stream_head,
-        } => {
-            let room_index = room;
-            // Subscribed before waiting for the room to be joined: an on-demand room is joined
-            // only while it has a subscriber.
-            let Some(sub) = server.table.subscribe(room) else {
-                Box::pin(table_full(server, &socket, &head, peer)).await;
-                return;
-            };
-            if !Box::pin(resumable(server, &socket, &head, &[room], &start)).await {
-                return;
-            }
-            let room = sub.room();
-            log::debug!(
-                "{peer}: subscribed to {} ({} subscribers)",
-                room.jid(),
-                room.subscribers()
-            );
-            let asked = match &start {
-                Start::After(id) => id.clone(),
-                _ => String::new(),
-            };
-            let (start, resumed) = Box::pin(from_archive(server.table, room_index, start)).await;
-            let archived = archived_bytes(resumed, &asked);
-            let (mut opening, first) =
-                sse::opening(&stream_head, config.retry_ms, &room.ring(), &start);
-            opening.extend_from_slice(&archived);
-            stream_socket(&socket, config);
-            let guard = Guard {
-                settings: server.settings,
-                credential: access::Credential::of(&head, config),
-            };
-            // The stream runs as a task of its own holding only what it needs, so nothing of
-            // this (much larger) request-handling future stays allocated per subscriber.
-            let room = room.jid();
-            let socket = std::rc::Rc::new(socket);
-            executor
-                .spawn(async move {
-                    let _per_ip = per_ip;
-                    let ended = sse::stream(&sub, socket, opening, first, mask, &guard).await;
-                    match ended {
-                        sse::Ended::Lapped => log::debug!(
-                            "{peer}: dropped from {room}: fell more than the ring behind ({} dropped so far)",
-                            sub.stats().dropped_slow.get()
-                        ),
-                        other => log::debug!("{peer}: stream of {room} ended: {other:?}"),
-                    }
-                })
-                .detach();
-        }
+            head,
+        } => Box::pin(single(client, executor, per_ip, room, start, mask, head)).await,
         Route::Multi {
             rooms,
             start,
             mask,
-            head: stream_head,
-        } => {
-            if server.multi_streams.get() >= config.max_multi_streams {
-                server.table.stats().rejected_full.add(1);
-                server.warn_limited(&format!(
-                    "{} multi-room streams open: refusing {peer}; raise max_multi_streams",
-                    server.multi_streams.get()
-                ));
-                let cors = super::access::cors(config, head.origin.as_deref());
-                let reply = reply::try_later(&head, &cors, "too many multi-room streams", 10);
-                send(&socket, &reply.to_bytes()).await;
-                return;
-            }
-            let _multi = Pending::new(&server.multi_streams);
-            let mut follows = Vec::with_capacity(rooms.len());
-            for &room in &rooms {
-                let Some(sub) = server.table.subscribe(room) else {
-                    drop(follows);
-                    Box::pin(table_full(server, &socket, &head, peer)).await;
-                    return;
-                };
-                follows.push(multi::Follow::new(sub));
-            }
-            if !Box::pin(resumable(server, &socket, &head, &rooms, &start)).await {
-                return;
-            }
-            let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
-            let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
-            let mut starts = multi::starts(&nodes, &start);
-            let mut resumed = Vec::with_capacity(rooms.len());
-            for (i, &room) in rooms.iter().enumerate() {
-                let (start, found) =
-                    Box::pin(from_archive(server.table, room, starts[i].clone())).await;
-                resumed.push(found.map(|found| (starts[i].clone(), found)));
-                starts[i] = start;
-            }
-            let opening = multi::opening(
-                &stream_head,
-                config.retry_ms,
-                &mut follows,
-                &starts,
-                &resumed,
-            );
-            stream_socket(&socket, config);
-            log::debug!(
-                "{peer}: subscribed to {} rooms: {}",
-                nodes.len(),
-                nodes.join(", ")
-            );
-            // Boxed, like the other rare paths: a connection's future is as large as its largest
-            // state, and it lives as long as the stream.
-            let guard = Guard {
-                settings: server.settings,
-                credential: access::Credential::of(&head, config),
-            };
-            let ended = Box::pin(multi::stream(&mut follows, &socket, opening, mask, &guard)).await;
-            log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
+            head,
+        } => Box::pin(several(client, rooms, start, mask, head)).await,
+    }
+}
+
+/// A connection whose request has been read and routed to a stream.
+struct Client {
+    server: &'static Server,
+    socket: Async<TcpStream>,
+    peer: SocketAddr,
+    head: Head,
+    config: Rc<Config>,
+}
+
+impl Client {
+    /// What the stream re-checks its access with while it is open.
+    fn guard(&self) -> Guard {
+        Guard {
+            settings: self.server.settings,
+            credential: access::Credential::of(&self.head, &self.config),
         }
     }
+}
+
+/// Reads the request head within `header_timeout`; a timeout, a malformed head or an I/O error
+/// is answered (408, 400/431) or just closed, and gives `None`.
+async fn request(
+    server: &'static Server,
+    socket: &Async<TcpStream>,
+    peer: SocketAddr,
+    config: &Config,
+) -> Option<Head> {
+    let head = Box::pin(future::or(
+        read_head(socket, config.max_head_bytes, || admit(server, peer)),
+        async {
+            Timer::after(config.header_timeout).await;
+            Err(None)
+        },
+    ))
+    .await;
+    match head {
+        Ok(head) => Some(head),
+        Err(None) => {
+            log::debug!(
+                "{peer}: no complete request within {:?}",
+                config.header_timeout
+            );
+            server.table.stats().rejected_timeout.add(1);
+            let reply = Reply::text(408, "request timeout\n");
+            send(socket, &reply.to_bytes()).await;
+            None
+        }
+        Err(Some(Ok(why))) => {
+            log::debug!("{peer}: rejected request: {why:?}");
+            server.table.stats().rejected_bad_request.add(1);
+            send(socket, &reply::reject(why).to_bytes()).await;
+            None
+        }
+        Err(Some(Err(_))) => None,
+    }
+}
+
+/// With `on_demand`, a stream of a room the table does not hold yet gives it an entry (the
+/// index returned); the XMPP side asks its disco#info (never creating it), and the route waits
+/// for that to decide. Not for a name that is no JID localpart, nor for a request the global
+/// token refuses anyway.
+fn add_on_demand(server: &Server, config: &Config, head: &Head) -> Option<usize> {
+    if !config.on_demand {
+        return None;
+    }
+    let node = head
+        .path
+        .strip_prefix("/eventsource/")
+        .and_then(super::request::percent_decode)?;
+    let held = server
+        .table
+        .find_node(&node)
+        .is_some_and(|i| !server.table.room(i).is_free());
+    if held
+        || crate::config::check_room_node(&node).is_err()
+        || !access::passes_global(config, &access::Credential::of(head, config))
+    {
+        return None;
+    }
+    let added = server.table.add(&node, &config.muc, Origin::OnDemand);
+    if added.is_none() {
+        server.warn_limited(&format!(
+            "room table full (max_rooms = {}): cannot add {} on demand; raise max_rooms",
+            config.max_rooms,
+            Shown(&node)
+        ));
+    }
+    added
+}
+
+/// A stream of one room: subscribed, resumed (from the ring or the room's archive), then run
+/// as a task of its own.
+async fn single(
+    client: Client,
+    executor: &'static LocalExecutor<'static>,
+    per_ip: PerIp,
+    room: usize,
+    start: Start,
+    mask: u8,
+    stream_head: String,
+) {
+    let Client {
+        server,
+        ref socket,
+        peer,
+        ref head,
+        ref config,
+    } = client;
+    // Subscribed before waiting for the room to be joined: an on-demand room is joined only
+    // while it has a subscriber.
+    let Some(sub) = server.table.subscribe(room) else {
+        Box::pin(table_full(server, socket, head, peer)).await;
+        return;
+    };
+    if !Box::pin(resumable(server, socket, head, &[room], &start)).await {
+        return;
+    }
+    log::debug!(
+        "{peer}: subscribed to {} ({} subscribers)",
+        sub.room().jid(),
+        sub.room().subscribers()
+    );
+    let asked = match &start {
+        Start::After(id) => id.clone(),
+        _ => String::new(),
+    };
+    let (start, resumed) = Box::pin(from_archive(server.table, room, start)).await;
+    let archived = archived_bytes(resumed, &asked);
+    let (mut opening, first) =
+        sse::opening(&stream_head, config.retry_ms, &sub.room().ring(), &start);
+    opening.extend_from_slice(&archived);
+    stream_socket(socket, config);
+    let guard = client.guard();
+    // The stream runs as a task of its own holding only what it needs, so nothing of this
+    // (much larger) request-handling future stays allocated per subscriber.
+    let jid = sub.room().jid();
+    let socket = Rc::new(client.socket);
+    executor
+        .spawn(async move {
+            let _per_ip = per_ip;
+            let ended = sse::stream(&sub, socket, opening, first, mask, &guard).await;
+            match ended {
+                sse::Ended::Lapped => log::debug!(
+                    "{peer}: dropped from {jid}: fell more than the ring behind ({} dropped so far)",
+                    sub.stats().dropped_slow.get()
+                ),
+                other => log::debug!("{peer}: stream of {jid} ended: {other:?}"),
+            }
+        })
+        .detach();
+}
+
+/// A stream merging several rooms (`/eventsource?room=a&room=b`), run within the connection.
+async fn several(client: Client, rooms: Vec<usize>, start: Start, mask: u8, stream_head: String) {
+    let Client {
+        server,
+        ref socket,
+        peer,
+        ref head,
+        ref config,
+    } = client;
+    if server.multi_streams.get() >= config.max_multi_streams {
+        server.table.stats().rejected_full.add(1);
+        server.warn_limited(&format!(
+            "{} multi-room streams open: refusing {peer}; raise max_multi_streams",
+            server.multi_streams.get()
+        ));
+        let cors = super::access::cors(config, head.origin.as_deref());
+        let reply = reply::try_later(head, &cors, "too many multi-room streams", 10);
+        send(socket, &reply.to_bytes()).await;
+        return;
+    }
+    let _multi = Pending::new(&server.multi_streams);
+    let mut follows = Vec::with_capacity(rooms.len());
+    for &room in &rooms {
+        let Some(sub) = server.table.subscribe(room) else {
+            drop(follows);
+            Box::pin(table_full(server, socket, head, peer)).await;
+            return;
+        };
+        follows.push(multi::Follow::new(sub));
+    }
+    if !Box::pin(resumable(server, socket, head, &rooms, &start)).await {
+        return;
+    }
+    let owned: Vec<_> = rooms.iter().map(|&r| server.table.room(r).node()).collect();
+    let nodes: Vec<&str> = owned.iter().map(|n| &**n).collect();
+    let mut starts = multi::starts(&nodes, &start);
+    let mut resumed = Vec::with_capacity(rooms.len());
+    for (i, &room) in rooms.iter().enumerate() {
+        let (start, found) = Box::pin(from_archive(server.table, room, starts[i].clone())).await;
+        resumed.push(found.map(|found| (starts[i].clone(), found)));
+        starts[i] = start;
+    }
+    let opening = multi::opening(
+        &stream_head,
+        config.retry_ms,
+        &mut follows,
+        &starts,
+        &resumed,
+    );
+    stream_socket(socket, config);
+    log::debug!(
+        "{peer}: subscribed to {} rooms: {}",
+        nodes.len(),
+        nodes.join(", ")
+    );
+    let guard = client.guard();
+    let ended = Box::pin(multi::stream(&mut follows, socket, opening, mask, &guard)).await;
+    log::debug!("{peer}: stream of {} ended: {ended:?}", nodes.join(", "));
 }
 
 /// An on-demand entry this request added whose answer is "no such room" (the room is missing,
