@@ -131,14 +131,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
     // Everything below lives as long as the process; leaking makes it `'static` for the tasks.
     let settings: &'static Settings = Box::leak(Box::new(Settings::new(path, config.clone())));
     let config: &'static Config = Box::leak(Box::new(config));
-    let table = RoomTable::new(config.sizes());
-    for room in &config.rooms {
-        table
-            .add(room, &config.muc, Origin::Configured)
-            .expect("max_rooms >= rooms is validated");
-    }
-    table.set_room_cap(config.max_subscribers_per_room);
-    let table: &'static RoomTable = Box::leak(Box::new(table));
+    let table: &'static RoomTable = Box::leak(Box::new(tables(config)));
     let shutdown: &'static Shutdown = Box::leak(Box::default());
     let listener = server::bind(config.listen).map_err(|e| {
         log::error!(
@@ -147,7 +140,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
         );
         1
     })?;
-    let mut signals = async_signal::Signals::new([
+    let signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
         async_signal::Signal::Hup,
@@ -171,23 +164,61 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
         .spawn(server::serve(server, listener, executor))
         .detach();
     executor
-        .spawn(async move {
-            while let Some(Ok(signal)) = signals.next().await {
-                if signal == async_signal::Signal::Hup {
-                    notify::status("reloading the configuration");
-                    match settings.reload(table) {
-                        Ok(()) => notify::status("configuration reloaded"),
-                        Err(e) => log::error!("reload failed, nothing changed: {e}"),
-                    }
-                    continue;
-                }
-                log::info!("{signal:?} received: shutting down");
-                notify::stopping();
-                shutdown.request();
-                break;
-            }
-        })
+        .spawn(on_signals(signals, settings, table, shutdown))
         .detach();
+    spawn_timers(executor, config, settings, table);
+    let result = future::block_on(executor.run(link_then_drain(settings, table, shutdown)));
+    match result {
+        Ok(()) => {
+            log::info!("stopped");
+            Ok(())
+        }
+        Err(Fatal::AuthRejected) => Err(2),
+    }
+}
+
+/// The room table, holding the configured rooms.
+fn tables(config: &Config) -> RoomTable {
+    let table = RoomTable::new(config.sizes());
+    for room in &config.rooms {
+        table
+            .add(room, &config.muc, Origin::Configured)
+            .expect("max_rooms >= rooms is validated");
+    }
+    table.set_room_cap(config.max_subscribers_per_room);
+    table
+}
+
+/// SIGHUP reloads the configuration; SIGTERM or SIGINT start the shutdown.
+async fn on_signals(
+    mut signals: async_signal::Signals,
+    settings: &'static Settings,
+    table: &'static RoomTable,
+    shutdown: &'static Shutdown,
+) {
+    while let Some(Ok(signal)) = signals.next().await {
+        if signal == async_signal::Signal::Hup {
+            notify::status("reloading the configuration");
+            match settings.reload(table) {
+                Ok(()) => notify::status("configuration reloaded"),
+                Err(e) => log::error!("reload failed, nothing changed: {e}"),
+            }
+            continue;
+        }
+        log::info!("{signal:?} received: shutting down");
+        notify::stopping();
+        shutdown.request();
+        break;
+    }
+}
+
+/// The periodic tasks: heartbeats, the delayed and continued fan-out passes, the watchdog.
+fn spawn_timers(
+    executor: &'static LocalExecutor<'static>,
+    config: &'static Config,
+    settings: &'static Settings,
+    table: &'static RoomTable,
+) {
     // Always running: `heartbeat_secs` is read again before each beat, so a reload applies it.
     executor
         .spawn(sse::heartbeat(table, || settings.get().heartbeat))
@@ -209,21 +240,21 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
             })
             .detach();
     }
-    let result = future::block_on(executor.run(async {
-        let result = component::run(settings, table, shutdown).await;
-        shutdown.request();
-        table.close_all();
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while table.subscriber_count() > 0 && Instant::now() < deadline {
-            Timer::after(Duration::from_millis(10)).await;
-        }
-        result
-    }));
-    match result {
-        Ok(()) => {
-            log::info!("stopped");
-            Ok(())
-        }
-        Err(Fatal::AuthRejected) => Err(2),
+}
+
+/// Runs the component link until it ends (shutdown, or a fatal error), then closes every
+/// stream and gives subscribers [`SHUTDOWN_GRACE`] to finish.
+async fn link_then_drain(
+    settings: &'static Settings,
+    table: &'static RoomTable,
+    shutdown: &'static Shutdown,
+) -> Result<(), Fatal> {
+    let result = component::run(settings, table, shutdown).await;
+    shutdown.request();
+    table.close_all();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while table.subscriber_count() > 0 && Instant::now() < deadline {
+        Timer::after(Duration::from_millis(10)).await;
     }
+    result
 }

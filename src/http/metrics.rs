@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::reply::Reply;
+use crate::rooms::stats::Stats;
 use crate::rooms::table::{JoinState, Room, RoomTable};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -19,37 +20,94 @@ pub fn reply(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> Reply {
         .header("Cache-Control", "no-store")
 }
 
+/// A metric with one unlabelled sample, read from the table: name (after [`PREFIX`]), help
+/// text, type, and how to read it.
+struct Single {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    read: fn(&RoomTable) -> u64,
+}
+
+/// The link and the room counts, first in the text.
+const LINK_AND_ROOMS: [Single; 4] = [
+    Single {
+        name: "upstream_up",
+        help: "1 when the XEP-0114 component link to the XMPP server is up.",
+        kind: "gauge",
+        read: |t| u64::from(t.stats().upstream_up.get()),
+    },
+    Single {
+        name: "upstream_reconnects_total",
+        help: "Component link sessions started after the first.",
+        kind: "counter",
+        read: |t| t.stats().reconnects.get(),
+    },
+    Single {
+        name: "rooms",
+        help: "Rooms configured.",
+        kind: "gauge",
+        read: |t| t.active().count() as u64,
+    },
+    Single {
+        name: "rooms_joined",
+        help: "Rooms currently joined.",
+        kind: "gauge",
+        read: |t| {
+            t.active()
+                .filter(|(_, r)| r.state() == JoinState::Joined)
+                .count() as u64
+        },
+    },
+];
+
+/// The traffic counters, after the per-room series.
+const TRAFFIC: [Single; 5] = [
+    Single {
+        name: "events_in_total",
+        help: "Events published into the rooms' rings.",
+        kind: "counter",
+        read: |t| t.stats().events_in.get(),
+    },
+    Single {
+        name: "events_out_total",
+        help: "Events written completely to subscribers (one per event per subscriber).",
+        kind: "counter",
+        read: |t| t.stats().events_out.get(),
+    },
+    Single {
+        name: "written_bytes_total",
+        help: "Bytes written to subscribers (events, heartbeats, stream openings).",
+        kind: "counter",
+        read: |t| t.stats().bytes_out.get(),
+    },
+    Single {
+        name: "streams_opened_total",
+        help: "Event streams accepted.",
+        kind: "counter",
+        read: |t| t.stats().streams_opened.get(),
+    },
+    Single {
+        name: "subscribers_dropped_slow_total",
+        help: "Subscribers disconnected for falling behind their room's ring.",
+        kind: "counter",
+        read: |t| t.stats().dropped_slow.get(),
+    },
+];
+
 /// The exposition text.
 pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
-    let s = table.stats();
     let mut out = Exposition(String::with_capacity(2048));
-    out.single(
-        "upstream_up",
-        "1 when the XEP-0114 component link to the XMPP server is up.",
-        "gauge",
-        u64::from(s.upstream_up.get()),
-    );
-    out.single(
-        "upstream_reconnects_total",
-        "Component link sessions started after the first.",
-        "counter",
-        s.reconnects.get(),
-    );
-    out.single(
-        "rooms",
-        "Rooms configured.",
-        "gauge",
-        table.active().count() as u64,
-    );
-    out.single(
-        "rooms_joined",
-        "Rooms currently joined.",
-        "gauge",
-        table
-            .active()
-            .filter(|(_, r)| r.state() == JoinState::Joined)
-            .count() as u64,
-    );
+    out.singles(table, &LINK_AND_ROOMS);
+    per_room(&mut out, table, listed);
+    unlisted(&mut out, table, listed);
+    out.singles(table, &TRAFFIC);
+    rejected(&mut out, table.stats());
+    out.0
+}
+
+/// `room_joined` and `subscribers`, one sample per room this request may see by name.
+fn per_room(out: &mut Exposition, table: &RoomTable, listed: &dyn Fn(&Room) -> bool) {
     out.family(
         "room_joined",
         "1 when the room is joined, per room.",
@@ -71,6 +129,10 @@ pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
             room.subscribers() as u64,
         );
     }
+}
+
+/// The rooms this request may not see by name, counted together.
+fn unlisted(out: &mut Exposition, table: &RoomTable, listed: &dyn Fn(&Room) -> bool) {
     let unlisted = || table.active().filter(|(_, r)| !listed(r));
     out.single(
         "private_rooms",
@@ -84,36 +146,10 @@ pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
         "gauge",
         unlisted().map(|(_, r)| r.subscribers() as u64).sum(),
     );
-    out.single(
-        "events_in_total",
-        "Events published into the rooms' rings.",
-        "counter",
-        s.events_in.get(),
-    );
-    out.single(
-        "events_out_total",
-        "Events written completely to subscribers (one per event per subscriber).",
-        "counter",
-        s.events_out.get(),
-    );
-    out.single(
-        "written_bytes_total",
-        "Bytes written to subscribers (events, heartbeats, stream openings).",
-        "counter",
-        s.bytes_out.get(),
-    );
-    out.single(
-        "streams_opened_total",
-        "Event streams accepted.",
-        "counter",
-        s.streams_opened.get(),
-    );
-    out.single(
-        "subscribers_dropped_slow_total",
-        "Subscribers disconnected for falling behind their room's ring.",
-        "counter",
-        s.dropped_slow.get(),
-    );
+}
+
+/// `rejected_total`, one sample per reason.
+fn rejected(out: &mut Exposition, s: &Stats) {
     out.family(
         "rejected_total",
         "Connections or requests refused, by reason.",
@@ -129,7 +165,6 @@ pub fn render(table: &RoomTable, listed: &dyn Fn(&Room) -> bool) -> String {
     ] {
         out.sample("rejected_total", &[("reason", reason)], counter.get());
     }
-    out.0
 }
 
 struct Exposition(String);
@@ -162,6 +197,12 @@ impl Exposition {
     fn single(&mut self, name: &str, help: &str, kind: &str, value: u64) {
         self.family(name, help, kind);
         self.sample(name, &[], value);
+    }
+
+    fn singles(&mut self, table: &RoomTable, metrics: &[Single]) {
+        for m in metrics {
+            self.single(m.name, m.help, m.kind, (m.read)(table));
+        }
     }
 }
 

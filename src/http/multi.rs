@@ -14,10 +14,9 @@ use std::net::TcpStream;
 use std::task::Poll;
 
 use async_io::Async;
-use futures_lite::AsyncWriteExt;
 
 use super::access::{Guard, Standing};
-use super::sse::Ended;
+use super::sse::{Ended, Step};
 use super::start::{Gap, Start};
 use crate::rooms::archive::Resumed;
 use crate::rooms::frame::Json;
@@ -278,19 +277,15 @@ pub async fn stream(
     if let Some((_, why)) = recheck(follows, guard, true) {
         return Ended::Forbidden(why);
     }
-    let mut writer = socket;
-    if let Err(e) = writer.write_all(&opening).await {
+    if let Err(e) = super::sse::send_opening(socket, opening, stats).await {
         return Ended::Error(e);
     }
-    stats.bytes_out.add(opening.len() as u64);
-    stats.streams_opened.add(1);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut sent = 0;
+    let mut pending = Pending::default();
     let mut beats = follows[0].sub.heartbeat();
     loop {
         if let Some((i, why)) = recheck(follows, guard, false) {
             // What the buffer holds was read before the change: it is dropped, not sent.
-            let between = sent == 0 || sent == buf.len();
+            let between = pending.sent == 0 || pending.drained();
             let node = follows[i].sub.room().node();
             return super::sse::forbid(socket, between, Some(&node), why, stats).await;
         }
@@ -302,31 +297,15 @@ pub async fn stream(
             return Ended::Lapped;
         }
         let closing = follows[0].sub.closing();
-        if !held && sent == buf.len() {
-            buf.clear();
-            sent = 0;
-            if fill(follows, mask, &mut buf).is_err() {
-                stats.dropped_slow.add(1);
-                super::sse::reset_on_close(socket);
-                return Ended::Lapped;
+        let want_write = if held {
+            false
+        } else {
+            match write_step(follows, socket, mask, &mut pending, closing) {
+                Step::Again => continue,
+                Step::Sleep { want_write } => want_write,
+                Step::End(ended) => return ended,
             }
-        }
-        let mut want_write = false;
-        if !held && sent < buf.len() {
-            match socket.get_ref().write(&buf[sent..]) {
-                Ok(0) => return Ended::ClientGone,
-                Ok(n) => {
-                    sent += n;
-                    stats.bytes_out.add(n as u64);
-                    if !closing {
-                        continue;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => want_write = true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Ended::Error(e),
-            }
-        }
+        };
         if closing {
             return Ended::Shutdown;
         }
@@ -337,21 +316,90 @@ pub async fn stream(
         {
             return Ended::RoomGone;
         }
-        match wait(follows, socket, want_write, held, beats).await {
-            Woke::Retry | Woke::Shutdown => {}
-            Woke::Heartbeat => {
-                beats = follows[0].sub.heartbeat();
-                if sent == buf.len() {
-                    let _ = socket.get_ref().write(b":\n");
-                }
+        let woke = wait(follows, socket, want_write, held, beats).await;
+        if let Some(ended) = on_wake(follows, socket, woke, &pending, &mut beats) {
+            return ended;
+        }
+    }
+}
+
+/// The bytes gathered for the stream's writes and how many of them went out.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl Pending {
+    /// Everything gathered has been written.
+    fn drained(&self) -> bool {
+        self.sent == self.buf.len()
+    }
+}
+
+/// Gathers pending events once the buffer is drained, then writes once from it. After a write
+/// while `closing`, the stream sleeps no more: its caller ends it.
+fn write_step(
+    follows: &mut [Follow<'_>],
+    socket: &Async<TcpStream>,
+    mask: u8,
+    pending: &mut Pending,
+    closing: bool,
+) -> Step {
+    let stats = follows[0].sub.stats();
+    if pending.drained() {
+        pending.buf.clear();
+        pending.sent = 0;
+        if fill(follows, mask, &mut pending.buf).is_err() {
+            stats.dropped_slow.add(1);
+            super::sse::reset_on_close(socket);
+            return Step::End(Ended::Lapped);
+        }
+    }
+    if pending.drained() {
+        return Step::Sleep { want_write: false };
+    }
+    match socket.get_ref().write(&pending.buf[pending.sent..]) {
+        Ok(0) => Step::End(Ended::ClientGone),
+        Ok(n) => {
+            pending.sent += n;
+            stats.bytes_out.add(n as u64);
+            if closing {
+                Step::Sleep { want_write: false }
+            } else {
+                Step::Again
             }
-            Woke::Readable => {
-                if super::sse::client_left(socket) {
-                    return Ended::ClientGone;
-                }
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Sleep { want_write: true },
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Again,
+        Err(e) => Step::End(Ended::Error(e)),
+    }
+}
+
+/// Acts on what woke the stream: a heartbeat comment between events, or noticing the client
+/// leaving. `Some` when the stream is over.
+fn on_wake(
+    follows: &[Follow<'_>],
+    socket: &Async<TcpStream>,
+    woke: Woke,
+    pending: &Pending,
+    beats: &mut u64,
+) -> Option<Ended> {
+    match woke {
+        Woke::Retry | Woke::Shutdown => {}
+        Woke::Heartbeat => {
+            *beats = follows[0].sub.heartbeat();
+            if pending.drained() {
+                let _ = socket.get_ref().write(b":\n");
+            }
+        }
+        Woke::Readable => {
+            if super::sse::client_left(socket) {
+                return Some(Ended::ClientGone);
             }
         }
     }
+    None
 }
 
 /// Sleeps until there is something to do; `held`: new events are no reason to wake (see

@@ -37,93 +37,146 @@ pub enum Route {
     Reply(Reply),
 }
 
+/// What `head` gets: a preflight or 405 by method, then the monitor's paths, then a stream.
 pub fn route(head: &Head, table: &RoomTable, config: &Config) -> Route {
     let cors = access::cors(config, head.origin.as_deref());
-    if head.method == Method::Options {
-        let mut reply = Reply::text(204, "")
-            .header("Access-Control-Allow-Methods", "GET")
-            .header(
-                "Access-Control-Allow-Headers",
-                "Last-Event-ID, Cache-Control, Authorization",
-            )
-            .header("Access-Control-Max-Age", "7200");
-        reply.headers.push_str(&cors);
-        return Route::Reply(reply);
-    }
-    if head.method == Method::Other {
-        return Route::Reply(
-            Reply::text(405, "only GET is served here\n").header("Allow", "GET, HEAD, OPTIONS"),
-        );
+    match head.method {
+        Method::Options => return Route::Reply(preflight(&cors)),
+        Method::Other => {
+            return Route::Reply(
+                Reply::text(405, "only GET is served here\n").header("Allow", "GET, HEAD, OPTIONS"),
+            );
+        }
+        Method::Get | Method::Head => {}
     }
     if let Some(r) = monitor(head, table, config) {
         return Route::Reply(r);
     }
-    let head_only = head.method == Method::Head;
-    let reply = |r: Reply| Route::Reply(Reply { head_only, ..r });
     if head.path == "/eventsource" {
         return multi(head, table, config, &cors);
     }
+    single(head, table, config, &cors)
+}
+
+/// The answer to a CORS preflight (`OPTIONS`).
+fn preflight(cors: &str) -> Reply {
+    let mut reply = Reply::text(204, "")
+        .header("Access-Control-Allow-Methods", "GET")
+        .header(
+            "Access-Control-Allow-Headers",
+            "Last-Event-ID, Cache-Control, Authorization",
+        )
+        .header("Access-Control-Max-Age", "7200");
+    reply.headers.push_str(cors);
+    reply
+}
+
+/// A complete reply to `head`, without its body for a `HEAD`.
+fn answer(head: &Head, r: Reply) -> Route {
+    Route::Reply(Reply {
+        head_only: head.method == Method::Head,
+        ..r
+    })
+}
+
+/// `/eventsource/<room>`: one room's stream, once its name, its origin and its access allow.
+fn single(head: &Head, table: &RoomTable, config: &Config, cors: &str) -> Route {
     let Some(encoded) = head.path.strip_prefix("/eventsource/") else {
-        return reply(Reply::text(
-            404,
-            "not found; streams are at /eventsource/<room>\n",
-        ));
+        return answer(
+            head,
+            Reply::text(404, "not found; streams are at /eventsource/<room>\n"),
+        );
     };
     let Some(node) = percent_decode(encoded) else {
-        return reply(Reply::text(
-            400,
-            "bad request: broken percent-encoding in the room name\n",
-        ));
+        return answer(
+            head,
+            Reply::text(
+                400,
+                "bad request: broken percent-encoding in the room name\n",
+            ),
+        );
     };
     let Some(index) = table.find_node(&node) else {
-        return reply(not_served());
+        return answer(head, not_served());
     };
     let room = table.room(index);
-    if room.origin() == Origin::OnDemand {
-        // Asked for on demand: the daemon has not acted for anyone yet. A room this request
-        // may not read (hidden, members-only, password, missing, or refused by the global
-        // token) answers exactly as a name the table does not hold, so none can be told apart.
-        let credential = access::Credential::of(head, config);
-        if !access::passes_global(config, &credential)
-            || room.state() == JoinState::Failed(ROOM_MISSING)
-        {
-            return reply(not_served());
-        }
-        if !room.info.borrow().known {
-            return Route::NotReady(try_later(head, &cors, "the room is being looked up", 5));
-        }
-        if access::check_with(config, room, &credential) != Access::Allow {
-            return reply(not_served());
-        }
+    if room.origin() == Origin::OnDemand
+        && let Some(refused) = on_demand(head, config, room, cors)
+    {
+        return refused;
     }
-    if room.state() == JoinState::Failed(ROOM_MISSING) {
-        // The MUC service says so (disco#info); the room is never created by us.
-        return reply(Reply::text(404, "no such room on the MUC service\n"));
-    }
-    match access::check(config, room, head) {
-        Access::Allow => {}
-        Access::Forbidden(why) => {
-            table.stats().rejected_forbidden.add(1);
-            return reply(Reply::text(403, format!("{why}\n")));
-        }
-        Access::NotYetKnown => {
-            let r = try_later(head, &cors, "the room is being joined", 5);
-            return Route::NotReady(Reply { head_only, ..r });
-        }
-    }
-    if let JoinState::Gone(why) = room.state() {
-        // 204 tells an EventSource to stop reconnecting (HTML, server-sent events §9.2.1).
-        return reply(Reply::text(204, format!("{why}\n")));
+    if let Some(refused) = admit(head, table, config, room, cors) {
+        return refused;
     }
     if head.method == Method::Head {
-        return reply(stream_head_only(&cors));
+        return answer(head, stream_head_only(cors));
     }
     Route::Stream {
         room: index,
         start: start(head, false),
         mask: mask(head, kind::DEFAULT | config.events),
-        head: stream_head(&cors),
+        head: stream_head(cors),
     }
+}
+
+/// An on-demand room: the daemon has not acted for anyone yet. A room this request may not
+/// read (hidden, members-only, password, missing, or refused by the global token) answers
+/// exactly as a name the table does not hold, so none can be told apart. `None`: go on.
+fn on_demand(head: &Head, config: &Config, room: &Room, cors: &str) -> Option<Route> {
+    let credential = access::Credential::of(head, config);
+    if !access::passes_global(config, &credential)
+        || room.state() == JoinState::Failed(ROOM_MISSING)
+    {
+        return Some(answer(head, not_served()));
+    }
+    if !room.info.borrow().known {
+        return Some(Route::NotReady(try_later(
+            head,
+            cors,
+            "the room is being looked up",
+            5,
+        )));
+    }
+    if access::check_with(config, room, &credential) != Access::Allow {
+        return Some(answer(head, not_served()));
+    }
+    None
+}
+
+/// Whether the room exists, this request may read it, and it is still there; `None`: stream it.
+fn admit(
+    head: &Head,
+    table: &RoomTable,
+    config: &Config,
+    room: &Room,
+    cors: &str,
+) -> Option<Route> {
+    if room.state() == JoinState::Failed(ROOM_MISSING) {
+        // The MUC service says so (disco#info); the room is never created by us.
+        return Some(answer(
+            head,
+            Reply::text(404, "no such room on the MUC service\n"),
+        ));
+    }
+    match access::check(config, room, head) {
+        Access::Allow => {}
+        Access::Forbidden(why) => {
+            table.stats().rejected_forbidden.add(1);
+            return Some(answer(head, Reply::text(403, format!("{why}\n"))));
+        }
+        Access::NotYetKnown => {
+            let r = try_later(head, cors, "the room is being joined", 5);
+            return Some(Route::NotReady(Reply {
+                head_only: head.method == Method::Head,
+                ..r
+            }));
+        }
+    }
+    if let JoinState::Gone(why) = room.state() {
+        // 204 tells an EventSource to stop reconnecting (HTML, server-sent events §9.2.1).
+        return Some(answer(head, Reply::text(204, format!("{why}\n"))));
+    }
+    None
 }
 
 /// The monitor's paths (`/`, `/view/<room>`, `/assets/…`, `/healthz`, `/metrics`) for `GET`

@@ -126,6 +126,16 @@ pub async fn forbid(
     Ended::Forbidden(why)
 }
 
+/// What a stream does after a write attempt.
+pub(super) enum Step {
+    /// Write again at once.
+    Again,
+    /// Sleep until there is something to do; `want_write`: the socket is full.
+    Sleep { want_write: bool },
+    /// The stream is over.
+    End(Ended),
+}
+
 /// Streams the room of `sub` to `socket` until the client leaves, falls behind, the room is
 /// destroyed, its access is withdrawn, or shutdown. `opening` (from [`opening`]) is written
 /// first. Whenever the room's access epoch moves ([`RoomTable::access_changed`]), the stream
@@ -147,70 +157,33 @@ pub async fn stream(
         Standing::Held => true,
         Standing::Reads => false,
     };
-    let mut writer = &*socket;
-    if let Err(e) = writer.write_all(&opening).await {
+    if let Err(e) = send_opening(&socket, opening, sub.stats()).await {
         return Ended::Error(e);
     }
-    sub.stats().bytes_out.add(opening.len() as u64);
-    sub.stats().streams_opened.add(1);
-    drop(opening);
     let mut beats = sub.heartbeat();
     loop {
-        let epoch = sub.room().access_epoch();
-        if epoch != checked {
-            checked = epoch;
-            held = match guard.recheck(sub.room()) {
-                Standing::Refused(why) => {
-                    let between = sub.cursor().offset == 0;
-                    return forbid(&socket, between, None, why, sub.stats()).await;
-                }
-                Standing::Held => true,
-                Standing::Reads => false,
-            };
+        match recheck(sub, guard, &mut checked) {
+            Some(Standing::Refused(why)) => {
+                let between = sub.cursor().offset == 0;
+                return forbid(&socket, between, None, why, sub.stats()).await;
+            }
+            Some(standing) => held = standing == Standing::Held,
+            None => {}
         }
         let closing = sub.closing();
         let wrote = if held {
-            // Nothing is written until the room's flags are known again.
-            if sub.cursor().seq < sub.room().ring().oldest() && sub.cursor().offset == 0 {
-                Ok(Wrote::Lapped)
-            } else {
-                Ok(Wrote::CaughtUp)
-            }
+            held_back(sub)
         } else {
-            let mut cursor = sub.cursor();
-            let mut pin = sub.take_pin();
-            let wrote = write_pending(
-                &sub.room().ring(),
-                &mut cursor,
-                &mut pin,
-                mask,
-                socket.get_ref(),
-                Some(sub.stats()),
-            );
-            sub.set_cursor(cursor);
-            sub.set_pin(pin);
-            wrote
+            write_step(sub, &socket, mask)
         };
         if closing {
             // One last non-blocking write, so the shutdown status goes out if it can.
             return Ended::Shutdown;
         }
-        let want_write = match wrote {
-            Ok(Wrote::CaughtUp) => {
-                if let JoinState::Gone(_) = sub.room().state() {
-                    return Ended::RoomGone;
-                }
-                false
-            }
-            Ok(Wrote::More) => continue,
-            Ok(Wrote::Lapped) => {
-                sub.stats().dropped_slow.add(1);
-                reset_on_close(&socket);
-                return Ended::Lapped;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Ended::Error(e),
+        let want_write = match after_write(sub, &socket, wrote) {
+            Step::Again => continue,
+            Step::Sleep { want_write } => want_write,
+            Step::End(ended) => return ended,
         };
         // While the task sleeps, the room table writes new events itself (parked) or only
         // watches for the ring lapping us (blocked, or held).
@@ -221,26 +194,118 @@ pub async fn stream(
         });
         let woke = wait(sub, &socket, want_write, beats).await;
         sub.set_mode(Mode::Wake);
-        match woke {
-            Woke::Retry | Woke::Shutdown => {}
-            Woke::Heartbeat => {
-                beats = sub.heartbeat();
-                // Only between events; a full socket does not need keeping alive.
-                if sub.cursor().offset == 0 && !want_write {
-                    match socket.get_ref().write(b":\n") {
-                        Ok(n) => sub.stats().bytes_out.add(n as u64),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Ended::ClientGone,
-                    }
-                }
+        if let Some(ended) = on_wake(sub, &socket, woke, want_write, &mut beats) {
+            return ended;
+        }
+    }
+}
+
+/// Writes a stream's opening bytes (they are dropped once sent) and counts the stream.
+pub(super) async fn send_opening(
+    socket: &Async<TcpStream>,
+    opening: Vec<u8>,
+    stats: &Stats,
+) -> io::Result<()> {
+    let mut writer = socket;
+    writer.write_all(&opening).await?;
+    stats.bytes_out.add(opening.len() as u64);
+    stats.streams_opened.add(1);
+    Ok(())
+}
+
+/// The stream's access checked again if its room's access epoch moved since `checked` (which
+/// then moves too); `None` when it has not.
+fn recheck(sub: &Subscription<'_>, guard: &Guard, checked: &mut u64) -> Option<Standing> {
+    let epoch = sub.room().access_epoch();
+    if epoch == *checked {
+        return None;
+    }
+    *checked = epoch;
+    Some(guard.recheck(sub.room()))
+}
+
+/// A held stream writes nothing until the room's flags are known again; it only notices
+/// falling behind the ring.
+fn held_back(sub: &Subscription<'_>) -> io::Result<Wrote> {
+    if sub.cursor().seq < sub.room().ring().oldest() && sub.cursor().offset == 0 {
+        Ok(Wrote::Lapped)
+    } else {
+        Ok(Wrote::CaughtUp)
+    }
+}
+
+/// One non-blocking write of what is pending, from the cursor and pin kept in the slot.
+fn write_step(sub: &Subscription<'_>, socket: &Async<TcpStream>, mask: u8) -> io::Result<Wrote> {
+    let mut cursor = sub.cursor();
+    let mut pin = sub.take_pin();
+    let wrote = write_pending(
+        &sub.room().ring(),
+        &mut cursor,
+        &mut pin,
+        mask,
+        socket.get_ref(),
+        Some(sub.stats()),
+    );
+    sub.set_cursor(cursor);
+    sub.set_pin(pin);
+    wrote
+}
+
+/// What follows a write attempt: caught up (the stream ends if its room is gone), more at
+/// once, dropped for falling behind, or a full socket.
+fn after_write(
+    sub: &Subscription<'_>,
+    socket: &Async<TcpStream>,
+    wrote: io::Result<Wrote>,
+) -> Step {
+    match wrote {
+        Ok(Wrote::CaughtUp) => {
+            if let JoinState::Gone(_) = sub.room().state() {
+                return Step::End(Ended::RoomGone);
             }
-            Woke::Readable => {
-                if client_left(&socket) {
-                    return Ended::ClientGone;
+            Step::Sleep { want_write: false }
+        }
+        Ok(Wrote::More) => Step::Again,
+        Ok(Wrote::Lapped) => {
+            sub.stats().dropped_slow.add(1);
+            reset_on_close(socket);
+            Step::End(Ended::Lapped)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Sleep { want_write: true },
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Again,
+        Err(e) => Step::End(Ended::Error(e)),
+    }
+}
+
+/// Acts on what woke the stream: a heartbeat comment, or noticing the client leaving.
+/// `Some` when the stream is over.
+fn on_wake(
+    sub: &Subscription<'_>,
+    socket: &Async<TcpStream>,
+    woke: Woke,
+    want_write: bool,
+    beats: &mut u64,
+) -> Option<Ended> {
+    match woke {
+        Woke::Retry | Woke::Shutdown => {}
+        Woke::Heartbeat => {
+            *beats = sub.heartbeat();
+            // Only between events; a full socket does not need keeping alive.
+            if sub.cursor().offset == 0 && !want_write {
+                match socket.get_ref().write(b":\n") {
+                    Ok(n) => sub.stats().bytes_out.add(n as u64),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Some(Ended::ClientGone),
                 }
             }
         }
+        Woke::Readable => {
+            if client_left(socket) {
+                return Some(Ended::ClientGone);
+            }
+        }
     }
+    None
 }
 
 /// Makes closing `socket` reset the connection (`SO_LINGER` 0) instead of leaving its unsent

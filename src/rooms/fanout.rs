@@ -122,13 +122,42 @@ pub fn write_pending<W: Write>(
     if slices.is_empty() {
         return Ok(Wrote::CaughtUp);
     }
-    let mut written = out.write_vectored(&slices)?;
+    let written = out.write_vectored(&slices)?;
     if written == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
-    let total = written as u64;
-    let mut finished = 0u64;
     let before = *cursor;
+    let finished = advance(cursor, &slices, &seqs, written);
+    drop(slices);
+    if cursor.offset == 0 {
+        *pin = None;
+    } else if cursor.seq != before.seq || before.offset == 0 || pin.is_none() {
+        // Mid-way through a frame the ring holds (a pinned one is never left mid-way for
+        // another): pin it.
+        *pin = ring.entry(cursor.seq).map(|e| e.frame().clone());
+    }
+    if let Some(stats) = stats {
+        stats.bytes_out.add(written as u64);
+        stats.events_out.add(finished);
+    }
+    Ok(if cursor.seq >= ring.head() && cursor.offset == 0 {
+        Wrote::CaughtUp
+    } else {
+        Wrote::More
+    })
+}
+
+/// Moves `cursor` past the `written` bytes of a vectored write of `slices` (each slice's event
+/// and the length of its whole frame in `seqs`); the number of frames finished. A step of
+/// [`write_pending`], on the hot path: it only reads the caller's stack arrays.
+#[inline]
+fn advance(
+    cursor: &mut Cursor,
+    slices: &[IoSlice<'_>],
+    seqs: &[(u64, usize)],
+    mut written: usize,
+) -> u64 {
+    let mut finished = 0u64;
     for (slice, &(seq, frame_len)) in slices.iter().zip(seqs.iter()) {
         if written >= slice.len() {
             written -= slice.len();
@@ -141,23 +170,7 @@ pub fn write_pending<W: Write>(
             break;
         }
     }
-    drop(slices);
-    if cursor.offset == 0 {
-        *pin = None;
-    } else if cursor.seq != before.seq || before.offset == 0 || pin.is_none() {
-        // Mid-way through a frame the ring holds (a pinned one is never left mid-way for
-        // another): pin it.
-        *pin = ring.entry(cursor.seq).map(|e| e.frame().clone());
-    }
-    if let Some(stats) = stats {
-        stats.bytes_out.add(total);
-        stats.events_out.add(finished);
-    }
-    Ok(if cursor.seq >= ring.head() && cursor.offset == 0 {
-        Wrote::CaughtUp
-    } else {
-        Wrote::More
-    })
+    finished
 }
 
 #[cfg(test)]

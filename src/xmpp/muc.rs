@@ -126,100 +126,110 @@ pub fn classify<'a>(stanza: &'a Element, our_nick: Option<&str>) -> MucEvent<'a>
     };
     let (room, resource) = split_jid(from);
     match stanza.name.as_str() {
-        "message" => {
-            if stanza.attr("type") == Some("error") {
-                return join_error(stanza, room);
-            }
-            if stanza.attr("type") != Some("groupchat") {
-                return MucEvent::Ignored;
-            }
-            let nick = resource.filter(|r| !r.is_empty());
-            let child = |name: &str| {
-                stanza
-                    .children
-                    .iter()
-                    .find(|c| c.name == name && c.ns == stanza.ns)
-            };
-            if let Some(retract) = retraction(stanza, room, nick) {
-                return retract;
-            }
-            if nick.is_none() && config_change(stanza) {
-                return MucEvent::ConfigChanged { room };
-            }
-            match (child("body"), child("subject")) {
-                (Some(body), _) => MucEvent::Message {
-                    room,
-                    nick,
-                    body: &body.text,
-                    stanza_id: stanza
-                        .children
-                        .iter()
-                        .find(|c| {
-                            c.name == "stanza-id" && c.ns == NS_SID && c.attr("by") == Some(room)
-                        })
-                        .and_then(|c| c.attr("id")),
-                    // History replayed on join carries a delay stamped by the room.
-                    delay: stanza
-                        .child("delay", NS_DELAY)
-                        .and_then(|d| d.attr("stamp")),
-                    origin_id: stanza.attr("id"),
-                    replaces: stanza
-                        .child("replace", NS_CORRECT)
-                        .and_then(|r| r.attr("id")),
-                },
-                (None, Some(subject)) => MucEvent::Subject {
-                    room,
-                    nick,
-                    subject: &subject.text,
-                },
-                (None, None) => MucEvent::Ignored,
-            }
-        }
-        "presence" => {
-            if stanza.attr("type") == Some("error") {
-                return join_error(stanza, room);
-            }
-            let Some(x) = stanza.child("x", NS_MUC_USER) else {
-                return MucEvent::Ignored;
-            };
-            let codes: Vec<u16> = x
+        "message" => message(stanza, room, resource),
+        "presence" => presence(stanza, room, resource, our_nick),
+        _ => MucEvent::Ignored,
+    }
+}
+
+/// A `<message/>` from `room` (`resource`: the sender's nick, none from the room itself).
+fn message<'a>(stanza: &'a Element, room: &'a str, resource: Option<&'a str>) -> MucEvent<'a> {
+    if stanza.attr("type") == Some("error") {
+        return join_error(stanza, room);
+    }
+    if stanza.attr("type") != Some("groupchat") {
+        return MucEvent::Ignored;
+    }
+    let nick = resource.filter(|r| !r.is_empty());
+    let child = |name: &str| {
+        stanza
+            .children
+            .iter()
+            .find(|c| c.name == name && c.ns == stanza.ns)
+    };
+    if let Some(retract) = retraction(stanza, room, nick) {
+        return retract;
+    }
+    if nick.is_none() && config_change(stanza) {
+        return MucEvent::ConfigChanged { room };
+    }
+    match (child("body"), child("subject")) {
+        (Some(body), _) => MucEvent::Message {
+            room,
+            nick,
+            body: &body.text,
+            stanza_id: stanza
                 .children
                 .iter()
-                .filter(|c| c.name == "status")
-                .filter_map(|c| c.attr("code")?.parse().ok())
-                .collect();
-            let is_self = codes.contains(&110) || (resource.is_some() && resource == our_nick);
-            if !is_self {
-                return match resource {
-                    Some(nick) if !nick.is_empty() => MucEvent::Occupant {
-                        room,
-                        nick,
-                        available: stanza.attr("type") != Some("unavailable"),
-                    },
-                    _ => MucEvent::Ignored,
-                };
-            }
-            if stanza.attr("type") == Some("unavailable") {
-                // A nick change (303) is not a removal: the new presence follows.
-                if codes.contains(&303) {
-                    return MucEvent::Ignored;
-                }
-                return MucEvent::Removed {
-                    room,
-                    destroyed: x.child("destroy", NS_MUC_USER).is_some(),
-                    codes,
-                };
-            }
-            if codes.contains(&110) {
-                MucEvent::Joined {
-                    room,
-                    nick: resource.unwrap_or(""),
-                }
-            } else {
-                MucEvent::Ignored
-            }
+                .find(|c| c.name == "stanza-id" && c.ns == NS_SID && c.attr("by") == Some(room))
+                .and_then(|c| c.attr("id")),
+            // History replayed on join carries a delay stamped by the room.
+            delay: stanza
+                .child("delay", NS_DELAY)
+                .and_then(|d| d.attr("stamp")),
+            origin_id: stanza.attr("id"),
+            replaces: stanza
+                .child("replace", NS_CORRECT)
+                .and_then(|r| r.attr("id")),
+        },
+        (None, Some(subject)) => MucEvent::Subject {
+            room,
+            nick,
+            subject: &subject.text,
+        },
+        (None, None) => MucEvent::Ignored,
+    }
+}
+
+/// A `<presence/>` from `room/resource`: another occupant's, or ours (status 110, or the nick
+/// we joined with).
+fn presence<'a>(
+    stanza: &'a Element,
+    room: &'a str,
+    resource: Option<&'a str>,
+    our_nick: Option<&str>,
+) -> MucEvent<'a> {
+    if stanza.attr("type") == Some("error") {
+        return join_error(stanza, room);
+    }
+    let Some(x) = stanza.child("x", NS_MUC_USER) else {
+        return MucEvent::Ignored;
+    };
+    let codes: Vec<u16> = x
+        .children
+        .iter()
+        .filter(|c| c.name == "status")
+        .filter_map(|c| c.attr("code")?.parse().ok())
+        .collect();
+    let is_self = codes.contains(&110) || (resource.is_some() && resource == our_nick);
+    if !is_self {
+        return match resource {
+            Some(nick) if !nick.is_empty() => MucEvent::Occupant {
+                room,
+                nick,
+                available: stanza.attr("type") != Some("unavailable"),
+            },
+            _ => MucEvent::Ignored,
+        };
+    }
+    if stanza.attr("type") == Some("unavailable") {
+        // A nick change (303) is not a removal: the new presence follows.
+        if codes.contains(&303) {
+            return MucEvent::Ignored;
         }
-        _ => MucEvent::Ignored,
+        return MucEvent::Removed {
+            room,
+            destroyed: x.child("destroy", NS_MUC_USER).is_some(),
+            codes,
+        };
+    }
+    if codes.contains(&110) {
+        MucEvent::Joined {
+            room,
+            nick: resource.unwrap_or(""),
+        }
+    } else {
+        MucEvent::Ignored
     }
 }
 
