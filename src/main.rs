@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use async_executor::LocalExecutor;
+use async_executor::{LocalExecutor, StaticLocalExecutor};
 use async_io::Timer;
 use futures_lite::{StreamExt, future};
 
@@ -157,7 +157,7 @@ fn run(path: &str, config: Config) -> Result<(), u8> {
         config.muc,
         muc_eventsource::memory::ceiling(config).total() / 1024
     );
-    let executor: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
+    let executor: &'static StaticLocalExecutor = LocalExecutor::new().leak();
     let server: &'static Server =
         Box::leak(Box::new(Server::new(config, settings, table, shutdown)));
     executor
@@ -214,7 +214,7 @@ async fn on_signals(
 
 /// The periodic tasks: heartbeats, the delayed and continued fan-out passes, the watchdog.
 fn spawn_timers(
-    executor: &'static LocalExecutor<'static>,
+    executor: &'static StaticLocalExecutor,
     config: &'static Config,
     settings: &'static Settings,
     table: &'static RoomTable,

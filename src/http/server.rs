@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_executor::LocalExecutor;
+use async_executor::StaticLocalExecutor;
 use async_io::{Async, Timer};
 use futures_lite::{AsyncWriteExt, future};
 
@@ -122,7 +122,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
 pub async fn serve(
     server: &'static Server,
     listener: Async<TcpListener>,
-    executor: &'static LocalExecutor<'static>,
+    executor: &'static StaticLocalExecutor,
 ) {
     let mut batch = 0;
     loop {
@@ -360,7 +360,7 @@ impl Drop for Pending<'_> {
 
 async fn connection(
     server: &'static Server,
-    executor: &'static LocalExecutor<'static>,
+    executor: &'static StaticLocalExecutor,
     socket: Async<TcpStream>,
     peer: SocketAddr,
     per_ip: PerIp,
@@ -511,7 +511,7 @@ fn add_on_demand(server: &Server, config: &Config, head: &Head) -> Option<usize>
 /// as a task of its own.
 async fn single(
     client: Client,
-    executor: &'static LocalExecutor<'static>,
+    executor: &'static StaticLocalExecutor,
     per_ip: PerIp,
     room: usize,
     start: Start,
