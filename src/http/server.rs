@@ -427,6 +427,25 @@ struct Client {
 }
 
 impl Client {
+    /// The server, the peer, and borrows of the socket, the head and the configuration.
+    fn parts(
+        &self,
+    ) -> (
+        &'static Server,
+        SocketAddr,
+        &Async<TcpStream>,
+        &Head,
+        &Config,
+    ) {
+        (
+            self.server,
+            self.peer,
+            &self.socket,
+            &self.head,
+            &self.config,
+        )
+    }
+
     /// What the stream re-checks its access with while it is open.
     fn guard(&self) -> Guard {
         Guard {
@@ -518,13 +537,7 @@ async fn single(
     mask: u8,
     stream_head: String,
 ) {
-    let Client {
-        server,
-        ref socket,
-        peer,
-        ref head,
-        ref config,
-    } = client;
+    let (server, peer, socket, head, config) = client.parts();
     // Subscribed before waiting for the room to be joined: an on-demand room is joined only
     // while it has a subscriber.
     let Some(sub) = server.table.subscribe(room) else {
@@ -571,13 +584,7 @@ async fn single(
 
 /// A stream merging several rooms (`/eventsource?room=a&room=b`), run within the connection.
 async fn several(client: Client, rooms: Vec<usize>, start: Start, mask: u8, stream_head: String) {
-    let Client {
-        server,
-        ref socket,
-        peer,
-        ref head,
-        ref config,
-    } = client;
+    let (server, peer, socket, head, config) = client.parts();
     if server.multi_streams.get() >= config.max_multi_streams {
         server.table.stats().rejected_full.add(1);
         server.warn_limited(&format!(
