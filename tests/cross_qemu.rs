@@ -3,17 +3,15 @@
 //! message. Not part of `cargo test` (it needs the cross builds); CI runs it after building
 //! them: `cargo test --test cross_qemu -- --ignored`.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::XmppClient;
 
 fn dist(name: &str) -> PathBuf {
     let dir = std::env::var_os("DIST_DIR")

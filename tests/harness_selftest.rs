@@ -4,13 +4,11 @@
 //! the owner config form is accepted, the component port takes an XEP-0114 handshake with the
 //! generated secret, and Prosody restarts on the same ports with accounts and rooms intact.
 
-mod common;
-
-use common::xmpp::{element_text, stanza_attr, xml_unescape};
-use common::{Prosody, XmppClient};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use testkit::xmpp::{element_text, stanza_attr, xml_unescape};
+use testkit::{Prosody, XmppClient};
 
 const T: Duration = Duration::from_secs(10);
 

@@ -2,14 +2,12 @@
 //! has it checked and joined; it is left after the grace period; a missing room is a 404 and
 //! is never created) and `rooms = *` (every public room, found with disco#items).
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 

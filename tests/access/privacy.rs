@@ -5,16 +5,14 @@
 //! on-demand requests for hidden and missing rooms get the same answer and are not listed; `/`,
 //! `/metrics` and `/healthz` name private rooms only to the operator (`status_token`).
 
-use crate::common;
-
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, SseEvent, http_request};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, SseEvent, http_request};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 /// How soon a stream must end once its access is withdrawn.

@@ -3,15 +3,13 @@
 //! every key of `config::KEYS` is either applied to the running daemon or named in the
 //! "needs a restart" warning.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 

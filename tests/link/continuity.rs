@@ -10,12 +10,10 @@
 //! - Both times the daemon is back within `reconnect_min_secs` plus a few seconds of the link
 //!   being restored (the back-off starts over once a session is established).
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::relay::Relay;
-use common::{Daemon, Json, Prosody, SseClient, SseEvent, XmppClient};
+use testkit::relay::Relay;
+use testkit::{Daemon, Json, Prosody, SseClient, SseEvent, XmppClient};
 
 const T: Duration = Duration::from_secs(15);
 /// Messages posted during each outage: more than Prosody's MUC history (20).

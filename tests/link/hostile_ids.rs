@@ -8,15 +8,13 @@
 //! sees no `reconnecting` and loses no message. And a named event's id (`<stanza-id>~<n>`)
 //! whose message the ring no longer holds resumes from the archive after that message.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, SseEvent, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, SseEvent, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 const MAM: &str = r#"modules_enabled = { "muc_mam" }"#;
@@ -78,7 +76,7 @@ fn assert_link_never_dropped(daemon: &Daemon, prosody: &Prosody, after: &str) {
     assert!(
         !log.contains("not-well-formed"),
         "after {after}, Prosody saw ill-formed XML:\n{}",
-        common::tail(&log, 20)
+        testkit::tail(&log, 20)
     );
 }
 

@@ -2,7 +2,7 @@
 //! real Prosody: it receives live messages, reconnects by itself after the daemon restarts on
 //! the same port, resumes with `Last-Event-ID` (stanza-ids from `mod_muc_mam`, which the new
 //! daemon seeds its ring with from MUC history) and ends up with every message exactly once.
-//! Plus a check of the screenshot helper in `tests/common/browser.rs`.
+//! Plus a check of the screenshot helper in `testkit/src/browser.rs`.
 //!
 //! The page is served by a std-only HTTP server in the test ([`PageServer`]); it reports what
 //! its `EventSource` saw by `POST /report` (the whole record list, numbered, after every event
@@ -10,18 +10,16 @@
 //!
 //! Needs `apt-get install -y chromium` (and prosody); a missing Chromium fails the test.
 
-use crate::common;
-
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
-use common::browser::{self, Browser, Page, PageServer, png_size, screenshot, screenshot_after};
-use common::daemon::{Daemon, READY_TIMEOUT};
-use common::json::Json;
-use common::prosody::Prosody;
-use common::xmpp::XmppClient;
+use testkit::TempDir;
+use testkit::browser::{self, Browser, Page, PageServer, png_size, screenshot, screenshot_after};
+use testkit::daemon::{Daemon, READY_TIMEOUT};
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::xmpp::XmppClient;
 
 /// The whole scenario must finish within this (each wait is also capped by it).
 const BUDGET: Duration = Duration::from_secs(55);

@@ -10,8 +10,6 @@
 //!
 //! `UPDATE_SCREENSHOTS=1 cargo test --test pages` also writes `docs/live-view.png`.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -20,13 +18,13 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use cdp::Chrome;
-use common::TempDir;
-use common::browser::png_size;
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, find_header, http_raw, http_request};
-use common::xmpp::XmppClient;
+use testkit::TempDir;
+use testkit::browser::png_size;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, find_header, http_raw, http_request};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 const PAGE_BUDGET: usize = 16 * 1024;
@@ -82,10 +80,6 @@ fn url(daemon: &Daemon, path: &str) -> String {
 /// `--dump-dom` and `--screenshot` act at the `load` event, before an EventSource has
 /// delivered anything, and `--virtual-time-budget` never ends while one is open.
 mod cdp {
-    use super::common::browser::{self, FLAGS};
-    use super::common::json::Json;
-    use super::common::xmpp::base64;
-    use super::common::{TempDir, random_hex, tail};
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::os::unix::process::CommandExt;
@@ -93,6 +87,10 @@ mod cdp {
     use std::process::{Child, Command, Stdio};
     use std::thread::sleep;
     use std::time::{Duration, Instant};
+    use testkit::browser::{self, FLAGS};
+    use testkit::json::Json;
+    use testkit::xmpp::base64;
+    use testkit::{TempDir, random_hex, tail};
 
     const START: Duration = Duration::from_secs(30);
     const CALL: Duration = Duration::from_secs(30);
@@ -145,7 +143,7 @@ mod cdp {
             };
             let page = loop {
                 let (status, _, body) =
-                    super::common::sse::http_get(([127, 0, 0, 1], port).into(), "/json/list");
+                    testkit::sse::http_get(([127, 0, 0, 1], port).into(), "/json/list");
                 if status == 200 {
                     let list = Json::parse(&body).expect("/json/list is JSON");
                     if let Json::Array(targets) = list {

@@ -2,18 +2,16 @@
 //! prefix (`/chat/`), events arrive through it unbuffered, and the live page's links (all
 //! relative) work under the prefix.
 
-use crate::common;
-
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
-use common::{TempDir, free_port};
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
+use testkit::{TempDir, free_port};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -59,7 +57,7 @@ impl Nginx {
     /// `QUIT` (nginx's graceful shutdown), waiting for the master and its worker to exit.
     fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.0.take()?;
-        common::procs::stop_process_group(&mut child, libc::SIGQUIT)
+        testkit::procs::stop_process_group(&mut child, libc::SIGQUIT)
     }
 }
 
@@ -153,7 +151,7 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
         status.is_some_and(|s| s.success()),
         "nginx on QUIT: {status:?}"
     );
-    let nginx_left: Vec<_> = common::procs::children()
+    let nginx_left: Vec<_> = testkit::procs::children()
         .into_iter()
         .filter(|p| p.cmdline.starts_with("nginx"))
         .collect();

@@ -10,21 +10,19 @@
 //!
 //! Needs Debian's prosody, ejabberd, nginx and chromium; a missing one fails the test.
 
-use crate::common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::browser::{self, Browser, Page, PageServer};
-use common::daemon::{Daemon, READY_TIMEOUT};
-use common::ejabberd::Ejabberd;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::{XmppClient, stanza_attr};
-use common::{TempDir, free_port, random_hex};
+use testkit::browser::{self, Browser, Page, PageServer};
+use testkit::daemon::{Daemon, READY_TIMEOUT};
+use testkit::ejabberd::Ejabberd;
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::{XmppClient, stanza_attr};
+use testkit::{TempDir, free_port, random_hex};
 
 const T: Duration = Duration::from_secs(10);
 /// The whole scenario must finish within this.

@@ -10,16 +10,14 @@
 //! `both!(name)` turns `fn name(kind: Kind)` into the tests `name::prosody` and
 //! `name::ejabberd`.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::ROOM_OWNER;
-use common::server::{Kind, Server};
-use common::sse::{SseClient, SseEvent, http_get, http_request};
-use common::xmpp::{XmppClient, stanza_attr};
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::ROOM_OWNER;
+use testkit::server::{Kind, Server};
+use testkit::sse::{SseClient, SseEvent, http_get, http_request};
+use testkit::xmpp::{XmppClient, stanza_attr};
 
 const T: Duration = Duration::from_secs(10);
 

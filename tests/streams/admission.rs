@@ -6,8 +6,6 @@
 //! Clients come from different loopback addresses (all of 127.0.0.0/8 is local on Linux) by
 //! binding the source address before `connect`, which std cannot do: hence the libc calls.
 
-use crate::common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -15,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::{http_get, http_raw};
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::{http_get, http_raw};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -403,7 +401,7 @@ fn sockstat() -> (u64, u64) {
 
 /// The kernel part of the ceiling `--check-config` prints, in bytes.
 fn kernel_ceiling(daemon: &Daemon) -> u64 {
-    let out = std::process::Command::new(common::daemon::bin())
+    let out = std::process::Command::new(testkit::daemon::bin())
         .arg("--config")
         .arg(daemon.config_path())
         .arg("--check-config")
@@ -463,7 +461,7 @@ fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let extra = match std::env::var("ADMISSION_SEND_BUFFER") {
         Ok(v) => format!("history = 0\nmax_subscribers = 110\nsend_buffer_bytes = {v}"),
@@ -471,8 +469,8 @@ fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
     };
     let daemon = Daemon::start(&prosody, &["lobby"], &extra);
     let ceiling = kernel_ceiling(&daemon);
-    let mut live: Vec<common::sse::SseClient> = (0..3)
-        .map(|_| common::sse::SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
+    let mut live: Vec<testkit::sse::SseClient> = (0..3)
+        .map(|_| testkit::sse::SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
         .collect();
     let (base, base_orphans) = sockstat();
     let stalled: Vec<TcpStream> = (1..=STALLED).map(|i| stalled(&daemon, i)).collect();
@@ -580,7 +578,7 @@ fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nring_bytes = 65536");
     // A reader on a modest link: a 16 KiB receive buffer, 8 KiB reads about every
@@ -588,7 +586,7 @@ fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
     let mut sock = connect_with_rcvbuf(Ipv4Addr::new(127, 6, 0, 1), daemon.http, 16384);
     sock.write_all(request("lobby").as_bytes()).unwrap();
     let reader = std::thread::spawn(move || {
-        let mut parser = common::sse::SseParser::new();
+        let mut parser = testkit::sse::SseParser::new();
         let mut got = Vec::new();
         let mut chunk = vec![0u8; 8192];
         sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -656,7 +654,7 @@ fn seq_of(data: &str) -> Option<usize> {
 /// Reads message events until `deadline` (or until message `until` arrives: then `true`),
 /// noting their numbers and the last event id.
 fn read_numbered(
-    sub: &mut common::sse::SseClient,
+    sub: &mut testkit::sse::SseClient,
     seen: &mut Vec<usize>,
     last_id: &mut String,
     until: Option<usize>,
@@ -679,10 +677,10 @@ fn read_numbered(
 
 /// Connects like an EventSource: a connection closed unanswered is retried (after 100 ms
 /// here; a browser waits `retry:`), anything but 200 fails. Gives up after 10 s.
-fn eventsource(addr: SocketAddr, headers: &[(&str, &str)]) -> common::sse::SseClient {
+fn eventsource(addr: SocketAddr, headers: &[(&str, &str)]) -> testkit::sse::SseClient {
     let deadline = Instant::now() + T;
     loop {
-        let sub = common::sse::SseClient::try_connect(addr, "/eventsource/lobby", headers);
+        let sub = testkit::sse::SseClient::try_connect(addr, "/eventsource/lobby", headers);
         match sub {
             Ok(sub) => {
                 assert_eq!(sub.status(), 200);
@@ -705,7 +703,7 @@ fn a_reconnect_storm_while_messages_flow_loses_nothing() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let addr = daemon.http;

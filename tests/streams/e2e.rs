@@ -2,15 +2,13 @@
 //! (the release-like binary Cargo built) republishes them, and SSE clients parse the streams
 //! with a WHATWG-conformant parser.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_get, http_raw};
-use common::xmpp::{XmppClient, normalize_newlines};
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_get, http_raw};
+use testkit::xmpp::{XmppClient, normalize_newlines};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -135,7 +133,7 @@ fn rooms_are_isolated_and_bodyless_messages_send_no_message_event() {
     alice.send_raw(&format!(
         "<message to='{room}' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
     ));
-    let (user, pass) = common::prosody::ROOM_OWNER;
+    let (user, pass) = testkit::prosody::ROOM_OWNER;
     let mut owner = XmppClient::connect(&prosody, user, pass);
     owner.join("lobby", user);
     owner.set_subject("lobby", "a new subject");

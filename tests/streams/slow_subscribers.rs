@@ -6,19 +6,17 @@
 //! be dropped once they fall more than the ring (`ring_events`) behind; and the daemon's
 //! resident memory must stay below the ceiling `--check-config` prints for that config.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, SseParser};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
+use testkit::json::Json;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, SseParser};
+use testkit::xmpp::XmppClient;
 
 const STALLED: usize = 100;
 const FAST: usize = 1000;

@@ -4,14 +4,12 @@
 //! invalid UTF-8), the SSE/HTTP clients against a scripted local TCP server (raw, chunked and
 //! Content-Length bodies), and the JSON checker.
 
-use crate::common;
-
-use common::json::{Json, json_str};
-use common::sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
+use testkit::json::{Json, json_str};
+use testkit::sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};
 
 fn ev(data: &str) -> SseEvent {
     SseEvent {
@@ -375,7 +373,7 @@ fn http_get_content_length_and_until_close() {
     let (status, headers, body) = http_get(addr, "/nope");
     assert_eq!(status, 404);
     assert_eq!(body, "not found");
-    assert_eq!(common::sse::find_header(&headers, "x-a"), Some("b"));
+    assert_eq!(testkit::sse::find_header(&headers, "x-a"), Some("b"));
     let req = server.join().unwrap();
     assert!(req.contains("Connection: close"), "{req}");
 

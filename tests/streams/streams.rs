@@ -3,15 +3,13 @@
 //! duplicates across an upstream restart, stanza-ids as event ids (with `mod_muc_mam`), status
 //! and subject events, heartbeat comments, and what a destroyed room does to its streams.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, SseEvent, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::Json;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, SseEvent, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 

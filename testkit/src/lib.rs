@@ -1,4 +1,5 @@
-//! Integration-test harness shared by every `tests/*.rs` file (`mod common;`).
+//! The test harness (dev-only crate `testkit`, `publish = false`) shared by the integration
+//! tests (`tests/*.rs`), the fanout bench and the demo example.
 //!
 //! Owns the small utilities every part of the harness needs: [`free_port`], [`TempDir`],
 //! [`random_hex`], [`tail`], plus the re-exports of the harness modules:
@@ -14,8 +15,6 @@
 //!
 //! Everything is blocking and std-only; every wait is bounded and panics with the relevant log
 //! tail instead of hanging.
-
-#![allow(dead_code, unused_imports)]
 
 pub mod browser;
 pub mod daemon;

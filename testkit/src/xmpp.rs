@@ -9,8 +9,8 @@
 //! and attribute values with `&amp; &lt; &gt; &quot; &apos;`; needles given to
 //! [`XmppClient::wait_for`] must be written accordingly.
 
-use super::server::Server;
-use super::tail;
+use crate::server::Server;
+use crate::tail;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -85,7 +85,7 @@ impl XmppClient {
         let id = c.id("bind");
         c.send_raw(&format!(
             "<iq type='set' id='{id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>test-{}</resource></bind></iq>",
-            super::random_hex(4)
+            crate::random_hex(4)
         ));
         let reply = c.wait_iq(&id, TIMEOUT);
         if stanza_attr(&reply, "type").as_deref() != Some("result") {

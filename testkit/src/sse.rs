@@ -471,10 +471,10 @@ impl SseClient {
         loop {
             let e = self.next_event(timeout)?;
             if e.event_type == "message" {
-                let json = super::json::Json::parse(&e.data).expect("message data is JSON");
+                let json = crate::json::Json::parse(&e.data).expect("message data is JSON");
                 return Some(
                     json.get("body")
-                        .and_then(super::json::Json::as_str)?
+                        .and_then(crate::json::Json::as_str)?
                         .to_string(),
                 );
             }
