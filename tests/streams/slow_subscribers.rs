@@ -24,62 +24,56 @@ const MESSAGES: usize = 500;
 const BODY_BYTES: usize = 200;
 /// Receive buffer asked for on the stalled subscribers: the kernel raises it to its minimum
 /// (about 4.5 KiB), so their window closes after a few segments.
-const STALLED_RCVBUF: i32 = 1;
+const STALLED_RCVBUF: libc::c_int = 1;
 /// Maximum segment size of the stalled subscribers' connections. Measured on Linux 6 with BBR:
 /// a stalled subscriber then holds about 14 KB (58 events) before the daemon's writes block,
 /// against ~170 KB with the defaults (which would swallow this whole test's 135 KB stream).
-const STALLED_MSS: i32 = 384;
-
-// Linux socket FFI (std offers no way to set socket options before `connect`).
-const AF_INET: i32 = 2;
-const SOCK_STREAM_CLOEXEC: i32 = 1 | 0o2000000;
-const SOL_SOCKET: i32 = 1;
-const SO_RCVBUF: i32 = 8;
-const IPPROTO_TCP: i32 = 6;
-const TCP_MAXSEG: i32 = 2;
-
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    /// Network byte order.
-    port: u16,
-    /// Network byte order.
-    addr: u32,
-    zero: [u8; 8],
-}
-
-unsafe extern "C" {
-    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
-    fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
-    fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
-    fn close(fd: i32) -> i32;
-}
+const STALLED_MSS: libc::c_int = 384;
 
 /// A TCP connection to `addr` whose receive buffer (`SO_RCVBUF`) and maximum segment size
 /// (`TCP_MAXSEG`) are set before the handshake, like a client on a slow, small-MTU link: the
 /// small MSS also keeps the daemon's send buffer from auto-tuning to the hundreds of KiB a
 /// loopback (64 KiB MSS) connection gets, so a reader that stops fills both ends quickly.
-fn slow_link(addr: std::net::SocketAddr, rcvbuf: i32, mss: i32) -> TcpStream {
+fn slow_link(addr: std::net::SocketAddr, rcvbuf: libc::c_int, mss: libc::c_int) -> TcpStream {
     let std::net::SocketAddr::V4(v4) = addr else {
         panic!("IPv4 only: {addr}");
     };
-    let sa = SockaddrIn {
-        family: AF_INET as u16,
-        port: v4.port().to_be(),
-        addr: u32::from(*v4.ip()).to_be(),
-        zero: [0; 8],
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
     };
+    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: plain socket syscalls on a descriptor this function owns until it is handed to
     // `TcpStream` (or closed on error); every pointer refers to a live local of the stated size.
     unsafe {
-        let fd = socket(AF_INET, SOCK_STREAM_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, 4) == 0
-            && setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, 4) == 0
-            && connect(fd, &sa, std::mem::size_of::<SockaddrIn>() as u32) == 0;
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const rcvbuf).cast(),
+            int_len,
+        ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_MAXSEG,
+                (&raw const mss).cast(),
+                int_len,
+            ) == 0
+            && libc::connect(
+                fd,
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0;
         if !ok {
             let e = std::io::Error::last_os_error();
-            close(fd);
+            libc::close(fd);
             panic!("slow_link to {addr}: {e}");
         }
         TcpStream::from_raw_fd(fd)
