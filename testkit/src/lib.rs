@@ -71,6 +71,18 @@ pub fn random_hex(bytes: usize) -> String {
     out
 }
 
+/// Waits until `addr` accepts TCP connections; panics naming `what` after `timeout`.
+pub fn wait_for_listener(addr: std::net::SocketAddr, timeout: std::time::Duration, what: &str) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start listening on {addr} within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The last `lines` lines of `text` (for panic messages).
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

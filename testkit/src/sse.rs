@@ -38,6 +38,26 @@ pub struct SseEvent {
     pub last_event_id: String,
 }
 
+/// The string member `key` of an event's JSON data, if the data is a JSON object that has one.
+pub fn field(event: &SseEvent, key: &str) -> Option<String> {
+    data_field(&event.data, key)
+}
+
+/// The string member `key` of the JSON object `data`, if it is one and has it.
+pub fn data_field(data: &str, key: &str) -> Option<String> {
+    crate::json::Json::parse(data)
+        .ok()?
+        .get(key)
+        .and_then(crate::json::Json::as_str)
+        .map(str::to_string)
+}
+
+/// The `body` of a `message` event; panics, showing the event, on any other event.
+pub fn body(event: &SseEvent) -> String {
+    assert_eq!(event.event_type, "message", "{event:?}");
+    field(event, "body").unwrap_or_else(|| panic!("no body in the JSON data: {event:?}"))
+}
+
 /// Incremental event-stream parser; feed it bytes split anywhere.
 #[derive(Debug, Default)]
 pub struct SseParser {
@@ -688,4 +708,22 @@ fn is_retryable(e: &std::io::Error) -> bool {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SseEvent, body, data_field, field};
+
+    #[test]
+    fn field_and_body_read_the_json_data() {
+        let event = SseEvent {
+            event_type: "message".into(),
+            data: r#"{"body":"h\u00e9","nick":"alice","n":1}"#.into(),
+            last_event_id: String::new(),
+        };
+        assert_eq!(body(&event), "hé");
+        assert_eq!(field(&event, "nick").as_deref(), Some("alice"));
+        assert_eq!(field(&event, "n"), None, "not a string");
+        assert_eq!(data_field("not json", "body"), None);
+    }
 }

@@ -574,6 +574,13 @@ pub fn stanza_attr(stanza: &str, name: &str) -> Option<String> {
     }
 }
 
+/// The `id` of the first `<stanza-id>` child in `stanza` (the archive id a server with
+/// mod_muc_mam stamps on a room message), if there is one.
+pub fn stanza_id(stanza: &str) -> Option<String> {
+    let at = stanza.find("<stanza-id")?;
+    stanza_attr(&stanza[at..], "id")
+}
+
 /// CRLF and lone CR to LF, as an XML parser does with literal line ends.
 pub fn normalize_newlines(s: &str) -> String {
     s.replace("\r\n", "\n").replace('\r', "\n")
@@ -682,4 +689,17 @@ pub fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stanza_id;
+
+    #[test]
+    fn stanza_id_reads_the_child_not_the_message_id() {
+        let echo = "<message id='orig-1' from='lobby@muc/alice'><body>hi</body>\
+                    <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@muc' id='Ab&amp;9'/></message>";
+        assert_eq!(stanza_id(echo).as_deref(), Some("Ab&9"));
+        assert_eq!(stanza_id("<message id='x'><body>hi</body></message>"), None);
+    }
 }

@@ -11,21 +11,14 @@
 use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
 use testkit::prosody::Prosody;
+use testkit::sse::field;
 use testkit::sse::{SseClient, SseEvent, http_get};
 use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
 const MAM: &str = r#"modules_enabled = { "muc_mam" }"#;
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 fn user(prosody: &Prosody, name: &str, rooms: &[&str]) -> XmppClient {
     prosody.register(name, "pw");
@@ -40,13 +33,7 @@ fn user(prosody: &Prosody, name: &str, rooms: &[&str]) -> XmppClient {
 fn post(alice: &mut XmppClient, room: &str, body: &str) -> String {
     alice.send_groupchat(room, body);
     let echoed = alice.wait_for(body, T);
-    echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .unwrap_or_else(|| panic!("no stanza-id on {echoed} (mod_muc_mam?)"))
-        .to_string()
+    stanza_id(&echoed).unwrap_or_else(|| panic!("no stanza-id on {echoed} (mod_muc_mam?)"))
 }
 
 fn metric(daemon: &Daemon, name: &str) -> String {

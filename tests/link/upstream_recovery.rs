@@ -8,20 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
 use testkit::prosody::Prosody;
-use testkit::sse::{SseClient, SseEvent};
+use testkit::sse::SseClient;
+use testkit::sse::field;
 use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")

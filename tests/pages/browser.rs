@@ -20,6 +20,7 @@ use testkit::daemon::{Daemon, READY_TIMEOUT};
 use testkit::json::Json;
 use testkit::prosody::Prosody;
 use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 /// The whole scenario must finish within this (each wait is also capped by it).
 const BUDGET: Duration = Duration::from_secs(55);
@@ -219,12 +220,8 @@ fn post(alice: &mut XmppClient, body: &str) -> String {
         T,
         body,
     );
-    echo.split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
+    stanza_id(&echo)
         .unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?} (mod_muc_mam?): {echo}"))
-        .to_string()
 }
 
 #[test]

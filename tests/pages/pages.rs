@@ -25,6 +25,7 @@ use testkit::json::Json;
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, find_header, http_raw, http_request};
 use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
 const PAGE_BUDGET: usize = 16 * 1024;
@@ -1045,13 +1046,7 @@ fn corrections_and_retractions_update_the_live_view() {
         "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
     ));
     let echoed = alice.wait_for("helo", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .expect("a stanza-id (mod_muc_mam)")
-        .to_string();
+    let stanza_id = stanza_id(&echoed).expect("a stanza-id (mod_muc_mam)");
     alice.send_groupchat("lobby", "unrelated");
     page.wait(
         "document.querySelectorAll('#log .msg').length === 2",

@@ -96,15 +96,11 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
             .expect("start nginx"),
     ));
     let proxy = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + T;
-    while std::net::TcpStream::connect(proxy).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            dir.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    testkit::wait_for_listener(
+        proxy,
+        T,
+        &format!("nginx (files in {})", dir.path().display()),
+    );
 
     let mut sub = SseClient::connect(proxy, "/chat/eventsource/lobby", &[]);
     assert_eq!(sub.status(), 200);

@@ -117,15 +117,11 @@ fn start_nginx(dir: &TempDir, conf_text: &str, port: u16) -> Nginx {
             .expect("start nginx"),
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + T;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            dir.path().display()
-        );
-        sleep(Duration::from_millis(50));
-    }
+    testkit::wait_for_listener(
+        addr,
+        T,
+        &format!("nginx (files in {})", dir.path().display()),
+    );
     nginx
 }
 

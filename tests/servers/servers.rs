@@ -17,7 +17,8 @@ use testkit::json::Json;
 use testkit::prosody::ROOM_OWNER;
 use testkit::server::{Kind, Server};
 use testkit::sse::{SseClient, SseEvent, http_get, http_request};
-use testkit::xmpp::{XmppClient, stanza_attr};
+use testkit::sse::{body, field};
+use testkit::xmpp::{XmppClient, stanza_attr, stanza_id};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -62,27 +63,7 @@ fn post(c: &mut XmppClient, room: &str, body: &str) -> String {
         T,
         &format!("the echo of {id} ({body:?})"),
     );
-    echo.split_once("<stanza-id")
-        .and_then(|(_, rest)| stanza_attr(&format!("<stanza-id{rest}"), "id"))
-        .unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?}: {echo}"))
-}
-
-fn body(event: &SseEvent) -> String {
-    assert_eq!(event.event_type, "message", "{event:?}");
-    Json::parse(&event.data)
-        .unwrap_or_else(|e| panic!("data is not JSON ({e}): {event:?}"))
-        .get("body")
-        .and_then(Json::as_str)
-        .unwrap_or_else(|| panic!("no body: {event:?}"))
-        .to_string()
-}
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
+    stanza_id(&echo).unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?}: {echo}"))
 }
 
 /// Every event until the stream is quiet for `quiet`.

@@ -9,19 +9,11 @@ use testkit::daemon::Daemon;
 use testkit::json::Json;
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, SseEvent, http_get};
+use testkit::sse::{body, field};
 use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
-
-fn body(event: &SseEvent) -> String {
-    assert_eq!(event.event_type, "message", "{event:?}");
-    Json::parse(&event.data)
-        .unwrap()
-        .get("body")
-        .and_then(Json::as_str)
-        .unwrap()
-        .to_string()
-}
 
 fn bodies(events: &[SseEvent]) -> Vec<String> {
     events
@@ -29,14 +21,6 @@ fn bodies(events: &[SseEvent]) -> Vec<String> {
         .filter(|e| e.event_type == "message")
         .map(body)
         .collect()
-}
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
 }
 
 fn user(prosody: &Prosody, name: &str, room: &str) -> XmppClient {
@@ -193,12 +177,7 @@ fn stanza_ids_are_the_event_ids_when_the_room_has_mam() {
     std::thread::sleep(Duration::from_millis(200));
     alice.send_groupchat("lobby", "archived");
     let echoed = alice.wait_for("archived", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .expect("Prosody stamps a stanza-id with mod_muc_mam");
+    let stanza_id = stanza_id(&echoed).expect("Prosody stamps a stanza-id with mod_muc_mam");
     let event = sub.next_event(T).unwrap();
     assert_eq!(body(&event), "archived");
     assert_eq!(event.last_event_id, stanza_id);
@@ -274,13 +253,7 @@ fn join_leave_on_request_corrections_and_retractions() {
         "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
     ));
     let echoed = alice.wait_for("helo", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .unwrap()
-        .to_string();
+    let stanza_id = stanza_id(&echoed).unwrap();
     alice.send_raw(&format!(
         "<message to='{room}' type='groupchat' id='orig-2'><body>hello</body><replace xmlns='urn:xmpp:message-correct:0' id='orig-1'/></message>"
     ));
