@@ -2,7 +2,7 @@
 //! through faults a real Prosody never produces: it accepts connections on a loopback port (a
 //! background thread queues them with their arrival time), reads the daemon's stream header,
 //! answers with a header carrying a fresh id, checks the SHA-1 handshake (lowercase hex of
-//! id + secret, computed here independently of the daemon's `sha1_smol`), answers the
+//! id + secret, computed by `testkit::sha1`, independently of the daemon's `sha1_smol`), answers the
 //! disco#info query (a public, open room: [`ROOM_FEATURES`]) and the join presence of every
 //! room, and then lets the test push groupchat messages or any raw bytes it likes.
 //!
@@ -10,6 +10,7 @@
 //! as in [`crate::xmpp`]; the daemon only ever sends small, well-formed, single-quoted stanzas.
 
 use crate::random_hex;
+use crate::sha1::sha1_hex;
 use crate::xmpp::stanza_attr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -504,48 +505,4 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{status}"))
-}
-
-/// SHA-1 (FIPS 180-4), lowercase hex: an implementation independent of the daemon's.
-pub fn sha1_hex(data: &[u8]) -> String {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-    for block in msg.chunks(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
 }

@@ -9,6 +9,7 @@
 //! - [`xmpp`]: a blocking c2s client that joins rooms and sends messages;
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
+//! - [`sha1`]: SHA-1 for the component handshake, independent of the daemon's;
 //! - [`json`]: a strict JSON parser for checking event data;
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
@@ -25,6 +26,7 @@ pub mod procs;
 pub mod prosody;
 pub mod relay;
 pub mod server;
+pub mod sha1;
 pub mod sse;
 pub mod xmpp;
 
