@@ -11,7 +11,7 @@
 
 use crate::random_hex;
 use crate::sha1::sha1_hex;
-use crate::xmpp::stanza_attr;
+use crate::xmpp::{Item, scan_element, stanza_attr};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -390,9 +390,14 @@ impl FakeConn {
                 .position(|b| !b.is_ascii_whitespace())
                 .unwrap_or(self.buf.len());
             self.buf.drain(..start);
-            if let Some(end) = element_end(&self.buf) {
-                let stanza = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end);
+            // Inside the stream: `<stream:stream` is no longer special; a stray `<?xml …?>`
+            // is skipped as before.
+            if let Some(found) = scan_element(&self.buf, true) {
+                let stanza = String::from_utf8_lossy(&self.buf[..found.len]).into_owned();
+                self.buf.drain(..found.len);
+                if found.kind == Item::Prolog {
+                    continue;
+                }
                 return Ok(stanza);
             }
             self.fill(deadline)?;
@@ -420,55 +425,6 @@ fn xml_attr(value: &str) -> String {
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('\'', "&apos;")
-}
-
-/// Length of the first complete top-level element at the start of `buf` (a lone end tag such
-/// as `</stream:stream>` counts as one), or `None` if it is not complete yet.
-fn element_end(buf: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        // Find the end of this tag, honouring quoted attribute values.
-        let mut j = i + 1;
-        let mut quote = 0u8;
-        while j < buf.len() {
-            let b = buf[j];
-            if quote != 0 {
-                if b == quote {
-                    quote = 0;
-                }
-            } else if b == b'\'' || b == b'"' {
-                quote = b;
-            } else if b == b'>' {
-                break;
-            }
-            j += 1;
-        }
-        if j >= buf.len() {
-            return None;
-        }
-        let tag = &buf[i..=j];
-        if tag.starts_with(b"<?") || tag.starts_with(b"<!") {
-            // declarations are not elements
-        } else if tag.starts_with(b"</") {
-            if depth <= 1 {
-                return Some(j + 1);
-            }
-            depth -= 1;
-        } else if tag.ends_with(b"/>") {
-            if depth == 0 {
-                return Some(j + 1);
-            }
-        } else {
-            depth += 1;
-        }
-        i = j + 1;
-    }
-    None
 }
 
 /// The memory ceiling `muc-eventsource --config <config> --check-config` prints, in bytes.

@@ -447,8 +447,9 @@ impl XmppClient {
     }
 }
 
+/// What [`scan_element`] found at the start of a buffer.
 #[derive(Debug, PartialEq)]
-enum Item {
+pub(crate) enum Item {
     /// `<?xml …?>`
     Prolog,
     /// `<stream:stream …>` (never closed until the end of the stream).
@@ -457,14 +458,15 @@ enum Item {
     Element,
 }
 
-struct Scanned {
-    len: usize,
-    kind: Item,
+pub(crate) struct Scanned {
+    pub(crate) len: usize,
+    pub(crate) kind: Item,
 }
 
 /// Finds the end of the first top-level item in `buf` (which starts with `<`).
-/// `None` if it is not complete yet.
-fn scan_element(buf: &[u8], in_stream: bool) -> Option<Scanned> {
+/// `None` if it is not complete yet. The one XML tag scanner of the harness: the c2s client and
+/// the fake upstream (which reads the daemon's side of the component stream) both cut with it.
+pub(crate) fn scan_element(buf: &[u8], in_stream: bool) -> Option<Scanned> {
     if buf.starts_with(b"<?") {
         let end = find(buf, b"?>")?;
         return Some(Scanned {
