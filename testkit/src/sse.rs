@@ -38,6 +38,11 @@ pub struct SseEvent {
     pub last_event_id: String,
 }
 
+/// Parses a whole stream given in one piece.
+pub fn parse_sse(bytes: &[u8]) -> Vec<SseEvent> {
+    SseParser::new().feed(bytes)
+}
+
 /// The string member `key` of an event's JSON data, if the data is a JSON object that has one.
 pub fn field(event: &SseEvent, key: &str) -> Option<String> {
     data_field(&event.data, key)
