@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::SseClient;
 use testkit::xmpp::XmppClient;
@@ -49,9 +49,9 @@ fn streams_under_qemu(qemu: &str, binary: &str) {
             break e;
         }
     };
-    let json = Json::parse(&event.data).unwrap();
+    let json = json::parse(&event.data).unwrap();
     assert_eq!(
-        json.get("body").and_then(Json::as_str),
+        json.get("body").and_then(Value::as_str),
         Some("hello from an emulated ARM board")
     );
     assert_eq!(daemon.stop().code(), Some(0), "{}", daemon.log());

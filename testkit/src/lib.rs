@@ -10,7 +10,7 @@
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
 //! - [`sha1`]: SHA-1 for the component handshake, independent of the daemon's;
-//! - [`json`]: a strict JSON parser for checking event data;
+//! - [`json`]: the JSON reader for checking event data (`serde_json`, strict, order kept);
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
 //!
@@ -32,7 +32,7 @@ pub mod xmpp;
 
 pub use daemon::Daemon;
 pub use ejabberd::Ejabberd;
-pub use json::{Json, json_str};
+pub use json::json_str;
 pub use prosody::Prosody;
 pub use server::{Kind, Server};
 pub use sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};

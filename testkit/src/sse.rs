@@ -50,10 +50,10 @@ pub fn field(event: &SseEvent, key: &str) -> Option<String> {
 
 /// The string member `key` of the JSON object `data`, if it is one and has it.
 pub fn data_field(data: &str, key: &str) -> Option<String> {
-    crate::json::Json::parse(data)
+    crate::json::parse(data)
         .ok()?
         .get(key)
-        .and_then(crate::json::Json::as_str)
+        .and_then(crate::json::Value::as_str)
         .map(str::to_string)
 }
 
@@ -496,10 +496,10 @@ impl SseClient {
         loop {
             let e = self.next_event(timeout)?;
             if e.event_type == "message" {
-                let json = crate::json::Json::parse(&e.data).expect("message data is JSON");
+                let json = crate::json::parse(&e.data).expect("message data is JSON");
                 return Some(
                     json.get("body")
-                        .and_then(crate::json::Json::as_str)?
+                        .and_then(crate::json::Value::as_str)?
                         .to_string(),
                 );
             }

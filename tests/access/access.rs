@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, http_request};
 use testkit::xmpp::XmppClient;
@@ -13,10 +13,10 @@ use testkit::xmpp::XmppClient;
 const T: Duration = Duration::from_secs(10);
 
 fn body(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .unwrap()
         .get("body")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .unwrap()
         .to_string()
 }

@@ -12,8 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use testkit::json::{self, Value};
 use testkit::relay::Relay;
-use testkit::{Daemon, Json, Prosody, SseClient, SseEvent, XmppClient};
+use testkit::{Daemon, Prosody, SseClient, SseEvent, XmppClient};
 
 const T: Duration = Duration::from_secs(15);
 /// Messages posted during each outage: more than Prosody's MUC history (20).
@@ -41,8 +42,8 @@ fn message(e: &SseEvent) -> Option<(String, String)> {
     if e.event_type != "message" {
         return None;
     }
-    let json = Json::parse(&e.data).expect("message data is JSON");
-    let get = |k: &str| json.get(k).and_then(Json::as_str).map(str::to_string);
+    let json = json::parse(&e.data).expect("message data is JSON");
+    let get = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_string);
     Some((get("room").unwrap_or_default(), get("body")?))
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
 use testkit::fake_upstream::{FakeConn, FakeUpstream, check_config_ceiling, vm_hwm_kib};
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::sse::{SseClient, http_get};
 
 const T: Duration = Duration::from_secs(10);
@@ -199,9 +199,9 @@ impl Setup {
 }
 
 fn body_of(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .ok()
-        .and_then(|j| j.get("body").and_then(Json::as_str).map(str::to_string))
+        .and_then(|j| j.get("body").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default()
 }
 

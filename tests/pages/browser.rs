@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use testkit::TempDir;
 use testkit::browser::{self, Browser, Page, PageServer, png_size, screenshot, screenshot_after};
 use testkit::daemon::{Daemon, READY_TIMEOUT};
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::xmpp::XmppClient;
 use testkit::xmpp::stanza_id;
@@ -36,7 +36,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// The test page: opens the stream and reports every `open`, `error`, message and named event.
 fn page_html(stream_url: &str) -> String {
-    let url = Json::Str(stream_url.to_string()).to_string();
+    let url = Value::String(stream_url.to_string()).to_string();
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>muc-eventsource browser test</title></head>
@@ -110,10 +110,10 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let newest = page
         .reports()
         .iter()
-        .filter_map(|r| Json::parse(r).ok())
+        .filter_map(|r| json::parse(r).ok())
         .filter_map(|j| {
             let seq = match j.get("seq") {
-                Some(Json::Number(n)) => n.parse::<u64>().ok()?,
+                Some(Value::Number(n)) => n.as_u64()?,
                 _ => return None,
             };
             Some((seq, j))
@@ -122,12 +122,12 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let Some((_, report)) = newest else {
         return Vec::new();
     };
-    let Some(Json::Array(items)) = report.get("records") else {
+    let Some(Value::Array(items)) = report.get("records") else {
         return Vec::new();
     };
-    let text = |j: &Json, k: &str| match j.get(k) {
-        Some(Json::Str(s)) => s.clone(),
-        Some(Json::Number(n)) => n.clone(),
+    let text = |j: &Value, k: &str| match j.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
     };
     items

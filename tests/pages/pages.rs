@@ -21,7 +21,7 @@ use cdp::Chrome;
 use testkit::TempDir;
 use testkit::browser::png_size;
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::Value;
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, find_header, http_raw, http_request};
 use testkit::xmpp::XmppClient;
@@ -89,7 +89,7 @@ mod cdp {
     use std::thread::sleep;
     use std::time::{Duration, Instant};
     use testkit::browser::{self, FLAGS};
-    use testkit::json::Json;
+    use testkit::json::{self, Value};
     use testkit::xmpp::base64;
     use testkit::{TempDir, random_hex, tail};
 
@@ -146,8 +146,8 @@ mod cdp {
                 let (status, _, body) =
                     testkit::sse::http_get(([127, 0, 0, 1], port).into(), "/json/list");
                 if status == 200 {
-                    let list = Json::parse(&body).expect("/json/list is JSON");
-                    if let Json::Array(targets) = list {
+                    let list = json::parse(&body).expect("/json/list is JSON");
+                    if let Value::Array(targets) = list {
                         let found = targets.iter().find_map(|t| {
                             (t.get("type")?.as_str()? == "page")
                                 .then(|| t.get("webSocketDebuggerUrl")?.as_str().map(String::from))
@@ -196,7 +196,7 @@ mod cdp {
         }
 
         /// Sends a DevTools command (`params`: a JSON object) and returns its `result`.
-        pub fn call(&mut self, method: &str, params: &str) -> Json {
+        pub fn call(&mut self, method: &str, params: &str) -> Value {
             self.next += 1;
             let id = self.next;
             let ws = self.ws.as_mut().expect("attached to the page");
@@ -209,25 +209,25 @@ mod cdp {
                 let ws = self.ws.as_mut().expect("attached to the page");
                 let text = receive(ws, deadline)
                     .unwrap_or_else(|e| panic!("{method}: {e}\n{}", self.log_tail()));
-                let reply = Json::parse(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"));
-                if reply.get("id") != Some(&Json::Number(id.to_string())) {
+                let reply = json::parse(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"));
+                if reply.get("id") != Some(&Value::from(id)) {
                     continue; // an event
                 }
                 if let Some(err) = reply.get("error") {
                     panic!("{method} failed: {err}");
                 }
-                return reply.get("result").cloned().unwrap_or(Json::Null);
+                return reply.get("result").cloned().unwrap_or(Value::Null);
             }
         }
 
         /// The value of a JavaScript expression in the page (JSON-serializable values).
-        pub fn eval(&mut self, expression: &str) -> Json {
+        pub fn eval(&mut self, expression: &str) -> Value {
             self.try_eval(expression)
                 .unwrap_or_else(|e| panic!("{expression}: threw {e}"))
         }
 
         /// Like [`Chrome::eval`], `Err` with the exception when the expression throws.
-        pub fn try_eval(&mut self, expression: &str) -> Result<Json, String> {
+        pub fn try_eval(&mut self, expression: &str) -> Result<Value, String> {
             let params = format!(
                 "{{\"expression\":{},\"returnByValue\":true}}",
                 quote(expression)
@@ -240,13 +240,13 @@ mod cdp {
                 .get("result")
                 .and_then(|r| r.get("value"))
                 .cloned()
-                .unwrap_or(Json::Null))
+                .unwrap_or(Value::Null))
         }
 
         /// A string-valued expression.
         pub fn text(&mut self, expression: &str) -> String {
             match self.eval(expression) {
-                Json::Str(s) => s,
+                Value::String(s) => s,
                 other => panic!("{expression}: not a string: {other}"),
             }
         }
@@ -255,7 +255,7 @@ mod cdp {
         pub fn wait(&mut self, expression: &str, timeout: Duration, show: &str) {
             let deadline = Instant::now() + timeout;
             // Until the page has loaded, the expression may throw (no `document.body` yet).
-            while self.try_eval(expression) != Ok(Json::Bool(true)) {
+            while self.try_eval(expression) != Ok(Value::Bool(true)) {
                 if Instant::now() > deadline {
                     let shown = self.try_eval(show);
                     panic!(
@@ -272,7 +272,7 @@ mod cdp {
             let result = self.call("Page.captureScreenshot", "{\"format\":\"png\"}");
             let data = result
                 .get("data")
-                .and_then(Json::as_str)
+                .and_then(Value::as_str)
                 .expect("screenshot data");
             let png = unbase64(data);
             if let Some(parent) = out.parent() {
@@ -550,11 +550,11 @@ fn live_view_shows_messages_as_text_with_subject_in_chromium() {
     );
     assert_eq!(
         page.eval("typeof window.pwned"),
-        Json::Str("undefined".into())
+        Value::String("undefined".into())
     );
     assert_eq!(
         page.eval("document.querySelectorAll('#log b, #log script').length"),
-        Json::Number("0".into()),
+        Value::from(0),
         "markup in a body was interpreted: {}",
         page.text("document.getElementById('log').innerHTML")
     );
@@ -606,7 +606,7 @@ fn live_view_shows_messages_as_text_with_subject_in_chromium() {
     );
     assert_eq!(
         page.eval("document.getElementById('log').scrollTop"),
-        Json::Number("0".into())
+        Value::from(0)
     );
     // Dark and light follow prefers-color-scheme.
     let light = page.text("getComputedStyle(document.body).backgroundColor");

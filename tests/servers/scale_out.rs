@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use testkit::browser::{self, Browser, Page, PageServer};
 use testkit::daemon::{Daemon, READY_TIMEOUT};
 use testkit::ejabberd::Ejabberd;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::SseClient;
 use testkit::xmpp::{XmppClient, stanza_attr};
@@ -141,7 +141,7 @@ fn instance_config(prosody: &Prosody, n: u8, secret: &str) -> String {
 
 /// The page: one `EventSource` through nginx; reports what it saw by `POST /report`.
 fn page_html(stream_url: &str) -> String {
-    let url = Json::Str(stream_url.to_string()).to_string();
+    let url = Value::String(stream_url.to_string()).to_string();
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>scale-out</title></head><body>
@@ -179,19 +179,19 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let newest = page
         .reports()
         .iter()
-        .filter_map(|r| Json::parse(r).ok())
+        .filter_map(|r| json::parse(r).ok())
         .filter_map(|j| match j.get("seq") {
-            Some(Json::Number(n)) => Some((n.parse::<u64>().ok()?, j)),
+            Some(Value::Number(n)) => Some((n.as_u64()?, j)),
             _ => None,
         })
         .max_by_key(|(seq, _)| *seq);
     let Some((_, report)) = newest else {
         return Vec::new();
     };
-    let Some(Json::Array(items)) = report.get("records") else {
+    let Some(Value::Array(items)) = report.get("records") else {
         return Vec::new();
     };
-    let text = |j: &Json, k: &str| j.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+    let text = |j: &Value, k: &str| j.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     items
         .iter()
         .map(|j| (text(j, "t"), text(j, "body"), text(j, "id")))

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::ROOM_OWNER;
 use testkit::server::{Kind, Server};
 use testkit::sse::{SseClient, SseEvent, http_get, http_request};
@@ -98,10 +98,10 @@ fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind)
     assert_eq!(events.len(), sent.len(), "{events:?}");
     for ((event, body), id) in events.iter().zip(sent).zip(&ids) {
         assert_eq!(event.event_type, "message");
-        let json = Json::parse(&event.data).unwrap();
-        assert_eq!(json.keys(), vec!["nick", "body"], "{}", event.data);
-        assert_eq!(json.get("nick").and_then(Json::as_str), Some("alice"));
-        assert_eq!(json.get("body").and_then(Json::as_str), Some(body));
+        let json = json::parse(&event.data).unwrap();
+        assert_eq!(json::keys(&json), vec!["nick", "body"], "{}", event.data);
+        assert_eq!(json.get("nick").and_then(Value::as_str), Some("alice"));
+        assert_eq!(json.get("body").and_then(Value::as_str), Some(body));
         assert_eq!(
             &event.last_event_id, id,
             "the event id is the room's stanza-id"

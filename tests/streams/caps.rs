@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::{SseClient, http_raw, http_request};
 
@@ -28,9 +28,9 @@ fn a_full_room_answers_browsers_with_retry_and_others_with_503() {
     );
     let event = browser.next_event(T).expect("a status event");
     assert_eq!(event.event_type, "status");
-    let json = Json::parse(&event.data).unwrap();
+    let json = json::parse(&event.data).unwrap();
     assert_eq!(
-        json.get("status").and_then(Json::as_str),
+        json.get("status").and_then(Value::as_str),
         Some("unavailable")
     );
     assert_eq!(browser.parser.retry, Some(10_000));

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::{SseClient, http_get, http_raw};
 use testkit::xmpp::{XmppClient, normalize_newlines};
@@ -26,11 +26,21 @@ fn setup() -> (Prosody, XmppClient, Daemon) {
 
 /// The `{"nick","body"}` payload of an unnamed event, checked for exactly those keys.
 fn payload(data: &str) -> (String, String) {
-    let json = Json::parse(data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {data:?}"));
-    assert_eq!(json.keys(), vec!["nick", "body"], "payload keys of {data}");
+    let json = json::parse(data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {data:?}"));
+    assert_eq!(
+        json::keys(&json),
+        vec!["nick", "body"],
+        "payload keys of {data}"
+    );
     (
-        json.get("nick").and_then(Json::as_str).unwrap().to_string(),
-        json.get("body").and_then(Json::as_str).unwrap().to_string(),
+        json.get("nick")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string(),
+        json.get("body")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string(),
     )
 }
 
@@ -144,12 +154,12 @@ fn rooms_are_isolated_and_bodyless_messages_send_no_message_event() {
     assert_eq!(types, vec!["message", "subject", "message"]);
     assert_eq!(payload(&events[0].data).1, "for lobby");
     assert_eq!(payload(&events[2].data).1, "lobby again");
-    let subject = Json::parse(&events[1].data).unwrap();
+    let subject = json::parse(&events[1].data).unwrap();
     assert_eq!(
-        subject.get("subject").and_then(Json::as_str),
+        subject.get("subject").and_then(Value::as_str),
         Some("a new subject")
     );
-    assert_eq!(subject.get("nick").and_then(Json::as_str), Some("owner"));
+    assert_eq!(subject.get("nick").and_then(Value::as_str), Some("owner"));
     let got: Vec<String> = news
         .collect(1, T)
         .iter()

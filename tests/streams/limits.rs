@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::{SseClient, http_raw};
 use testkit::xmpp::XmppClient;
@@ -34,10 +34,10 @@ fn next_body(sub: &mut SseClient, daemon: &Daemon) -> String {
         let left = deadline.saturating_duration_since(Instant::now());
         match sub.next_event(left) {
             Some(e) if e.event_type == "message" => {
-                return Json::parse(&e.data)
+                return json::parse(&e.data)
                     .unwrap()
                     .get("body")
-                    .and_then(Json::as_str)
+                    .and_then(Value::as_str)
                     .unwrap()
                     .to_string();
             }

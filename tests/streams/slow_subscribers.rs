@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
 use testkit::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
-use testkit::json::Json;
+use testkit::json::{self, Value};
 use testkit::prosody::Prosody;
 use testkit::sse::{SseClient, SseParser};
 use testkit::xmpp::XmppClient;
@@ -108,9 +108,9 @@ fn stalled_subscriber(daemon: &Daemon) -> TcpStream {
 }
 
 fn message_body(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .ok()
-        .and_then(|j| j.get("body").and_then(Json::as_str).map(String::from))
+        .and_then(|j| j.get("body").and_then(Value::as_str).map(String::from))
         .unwrap_or_default()
 }
 

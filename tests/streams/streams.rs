@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::json::Json;
+use testkit::json;
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, SseEvent, http_get};
 use testkit::sse::{body, field};
@@ -317,8 +317,8 @@ fn several_rooms_on_one_stream_resume_every_room() {
     );
     assert_eq!(bodies(&events), vec!["l1", "n1", "l2"]);
     // Still the mod_muc_eventsource fields, plus "room".
-    let json = Json::parse(&events[0].data).unwrap();
-    assert_eq!(json.keys(), vec!["room", "nick", "body"]);
+    let json = json::parse(&events[0].data).unwrap();
+    assert_eq!(json::keys(&json), vec!["room", "nick", "body"]);
     let last = events[2].last_event_id.clone();
     assert!(
         last.starts_with("lobby=") && last.contains("&news="),
