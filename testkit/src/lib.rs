@@ -10,6 +10,7 @@
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
 //! - [`sha1`]: SHA-1 for the component handshake, independent of the daemon's;
+//! - [`sock`]: client sockets with a source address, `SO_RCVBUF` or `TCP_MAXSEG` set;
 //! - [`json`]: the JSON reader for checking event data (`serde_json`, strict, order kept);
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
@@ -27,6 +28,7 @@ pub mod prosody;
 pub mod relay;
 pub mod server;
 pub mod sha1;
+pub mod sock;
 pub mod sse;
 pub mod xmpp;
 

@@ -4,17 +4,17 @@
 //! `400` on the wire.
 //!
 //! Clients come from different loopback addresses (all of 127.0.0.0/8 is local on Linux) by
-//! binding the source address before `connect`, which std cannot do: hence the libc calls.
+//! binding the source address before `connect`, which std cannot do (`testkit::sock`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
 use testkit::prosody::Prosody;
+use testkit::sock;
 use testkit::sse::{http_get, http_raw};
 
 const T: Duration = Duration::from_secs(10);
@@ -44,73 +44,27 @@ fn raise_nofile(want: u64) {
 /// Like [`connect_from`], with `SO_RCVBUF` set before the handshake (so the window the peer
 /// sees is small from the start).
 fn connect_with_rcvbuf(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only: {to}")
+    let opts = sock::Opts {
+        from: Some(from),
+        rcvbuf: Some(rcvbuf),
+        ..sock::Opts::default()
     };
-    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let (local, remote) = (addr(from, 0), addr(*to.ip(), to.port()));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: as in `try_connect_from`; `rcvbuf` is a live i32.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const rcvbuf).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        ) == 0
-            && libc::bind(fd, (&raw const local).cast(), len) == 0
-            && libc::connect(fd, (&raw const remote).cast(), len) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            panic!("connect {from} -> {to}: {e}");
-        }
-        TcpStream::from_raw_fd(fd)
-    }
+    sock::connect(to, opts)
 }
 
 /// A TCP connection to `to` from `from` (any port).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    try_connect_from(from, to).unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"))
+    sock::connect(to, from_opts(from))
 }
 
 fn try_connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only: {to}")
-    };
-    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let (local, remote) = (addr(from, 0), addr(*to.ip(), to.port()));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket syscalls on a descriptor owned here until handed to `TcpStream` (or
-    // closed on error); the address pointers refer to live locals of the stated length.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = libc::bind(fd, (&raw const local).cast(), len) == 0
-            && libc::connect(fd, (&raw const remote).cast(), len) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(TcpStream::from_raw_fd(fd))
+    sock::try_connect(to, from_opts(from))
+}
+
+fn from_opts(from: Ipv4Addr) -> sock::Opts {
+    sock::Opts {
+        from: Some(from),
+        ..sock::Opts::default()
     }
 }
 

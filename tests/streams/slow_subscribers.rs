@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use testkit::daemon::Daemon;
@@ -35,49 +34,12 @@ const STALLED_MSS: libc::c_int = 384;
 /// small MSS also keeps the daemon's send buffer from auto-tuning to the hundreds of KiB a
 /// loopback (64 KiB MSS) connection gets, so a reader that stops fills both ends quickly.
 fn slow_link(addr: std::net::SocketAddr, rcvbuf: libc::c_int, mss: libc::c_int) -> TcpStream {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only: {addr}");
+    let opts = testkit::sock::Opts {
+        rcvbuf: Some(rcvbuf),
+        mss: Some(mss),
+        ..Default::default()
     };
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: plain socket syscalls on a descriptor this function owns until it is handed to
-    // `TcpStream` (or closed on error); every pointer refers to a live local of the stated size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const rcvbuf).cast(),
-            int_len,
-        ) == 0
-            && libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_MAXSEG,
-                (&raw const mss).cast(),
-                int_len,
-            ) == 0
-            && libc::connect(
-                fd,
-                (&raw const sa).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            panic!("slow_link to {addr}: {e}");
-        }
-        TcpStream::from_raw_fd(fd)
-    }
+    testkit::sock::connect(addr, opts)
 }
 
 /// Connects, shrinks the receive buffer, sends the request and reads only the response head
