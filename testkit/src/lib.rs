@@ -11,6 +11,7 @@
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
 //! - [`sha1`]: SHA-1 for the component handshake, independent of the daemon's;
 //! - [`sock`]: client sockets with a source address, `SO_RCVBUF` or `TCP_MAXSEG` set;
+//! - [`nginx`]: nginx as a reverse proxy, stopped gracefully with its worker;
 //! - [`json`]: the JSON reader for checking event data (`serde_json`, strict, order kept);
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod ejabberd;
 pub mod fake_upstream;
 pub mod json;
+pub mod nginx;
 pub mod procs;
 pub mod prosody;
 pub mod relay;

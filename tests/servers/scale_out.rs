@@ -11,7 +11,6 @@
 //! Needs Debian's prosody, ejabberd, nginx and chromium; a missing one fails the test.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use testkit::browser::{self, Browser, Page, PageServer};
 use testkit::daemon::{Daemon, READY_TIMEOUT};
 use testkit::ejabberd::Ejabberd;
 use testkit::json::{self, Value};
+use testkit::nginx::Nginx;
 use testkit::prosody::Prosody;
 use testkit::sse::SseClient;
 use testkit::xmpp::{XmppClient, stanza_attr};
@@ -73,56 +73,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    /// SIGTERM to the master (it stops its worker; SIGKILL would leave the worker running),
-    /// then SIGKILL if it is still there after 5 s.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(dir: &TempDir, conf_text: &str, port: u16) -> Nginx {
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx not found: install Debian's nginx (apt-get install -y nginx)");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, conf_text).unwrap();
-    let nginx = Nginx(
-        Command::new(bin)
-            .args([
-                "-p",
-                &dir.path().display().to_string(),
-                "-c",
-                &conf.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    testkit::wait_for_listener(
-        addr,
-        T,
-        &format!("nginx (files in {})", dir.path().display()),
-    );
-    nginx
 }
 
 /// The daemon config for component `sse<n>.localhost` with its own nick.
@@ -242,7 +192,7 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
     }
     let dir = TempDir::new("muc-es-scale-out");
     let port = free_port();
-    let _nginx = start_nginx(
+    let _nginx = Nginx::start(
         &dir,
         &nginx_conf(&dir, port, daemons[0].http, daemons[1].http),
         port,
