@@ -11,7 +11,7 @@
 
 use crate::random_hex;
 use crate::sha1::sha1_hex;
-use crate::xmpp::{Item, scan_element, stanza_attr};
+use crate::xmpp::{Item, cut_element, stanza_attr};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -384,21 +384,12 @@ impl FakeConn {
     pub fn next_stanza(&mut self, timeout: Duration) -> Result<String, ReadEnd> {
         let deadline = Instant::now() + timeout;
         loop {
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
             // Inside the stream: `<stream:stream` is no longer special; a stray `<?xml …?>`
-            // is skipped as before.
-            if let Some(found) = scan_element(&self.buf, true) {
-                let stanza = String::from_utf8_lossy(&self.buf[..found.len]).into_owned();
-                self.buf.drain(..found.len);
-                if found.kind == Item::Prolog {
-                    continue;
-                }
-                return Ok(stanza);
+            // is skipped.
+            match cut_element(&mut self.buf, true) {
+                Some((Item::Prolog, _)) => continue,
+                Some((_, stanza)) => return Ok(stanza),
+                None => {}
             }
             self.fill(deadline)?;
         }

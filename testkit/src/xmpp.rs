@@ -420,22 +420,10 @@ impl XmppClient {
 
     fn split_stanzas(&mut self) {
         loop {
-            // Skip whitespace keepalives between stanzas.
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
-            if self.buf.is_empty() {
-                return;
-            }
-            let Some(end) = scan_element(&self.buf, self.in_stream) else {
+            let Some((kind, text)) = cut_element(&mut self.buf, self.in_stream) else {
                 return;
             };
-            let text = String::from_utf8_lossy(&self.buf[..end.len]).into_owned();
-            self.buf.drain(..end.len);
-            match end.kind {
+            match kind {
                 Item::Prolog => {}
                 Item::StreamOpen => {
                     self.in_stream = true;
@@ -445,6 +433,23 @@ impl XmppClient {
             }
         }
     }
+}
+
+/// Drops leading whitespace (keepalives) from `buf`, then cuts the first complete top-level
+/// item off it ([`scan_element`]); `None` (and `buf` kept) while it is incomplete.
+pub(crate) fn cut_element(buf: &mut Vec<u8>, in_stream: bool) -> Option<(Item, String)> {
+    let start = buf
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(buf.len());
+    buf.drain(..start);
+    if buf.is_empty() {
+        return None;
+    }
+    let found = scan_element(buf, in_stream)?;
+    let text = String::from_utf8_lossy(&buf[..found.len]).into_owned();
+    buf.drain(..found.len);
+    Some((found.kind, text))
 }
 
 /// What [`scan_element`] found at the start of a buffer.
