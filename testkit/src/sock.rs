@@ -65,23 +65,3 @@ fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
         sin_zero: [0; 8],
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::{Opts, connect};
-    use std::net::{Ipv4Addr, TcpListener};
-
-    #[test]
-    fn source_address_and_options_are_applied() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let from = Ipv4Addr::new(127, 0, 0, 7);
-        let opts = Opts {
-            from: Some(from),
-            rcvbuf: Some(1),
-            mss: Some(384),
-        };
-        let _client = connect(listener.local_addr().unwrap(), opts);
-        let (_server, peer) = listener.accept().unwrap();
-        assert_eq!(peer.ip(), from);
-    }
-}

@@ -714,21 +714,3 @@ fn is_retryable(e: &std::io::Error) -> bool {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::{SseEvent, body, data_field, field};
-
-    #[test]
-    fn field_and_body_read_the_json_data() {
-        let event = SseEvent {
-            event_type: "message".into(),
-            data: r#"{"body":"h\u00e9","nick":"alice","n":1}"#.into(),
-            last_event_id: String::new(),
-        };
-        assert_eq!(body(&event), "hé");
-        assert_eq!(field(&event, "nick").as_deref(), Some("alice"));
-        assert_eq!(field(&event, "n"), None, "not a string");
-        assert_eq!(data_field("not json", "body"), None);
-    }
-}

@@ -697,16 +697,3 @@ pub fn base64(data: &[u8]) -> String {
     }
     out
 }
-
-#[cfg(test)]
-mod tests {
-    use super::stanza_id;
-
-    #[test]
-    fn stanza_id_reads_the_child_not_the_message_id() {
-        let echo = "<message id='orig-1' from='lobby@muc/alice'><body>hi</body>\
-                    <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@muc' id='Ab&amp;9'/></message>";
-        assert_eq!(stanza_id(echo).as_deref(), Some("Ab&9"));
-        assert_eq!(stanza_id("<message id='x'><body>hi</body></message>"), None);
-    }
-}
