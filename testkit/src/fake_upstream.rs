@@ -420,6 +420,13 @@ fn xml_attr(value: &str) -> String {
 
 /// The memory ceiling `muc-eventsource --config <config> --check-config` prints, in bytes.
 pub fn check_config_ceiling(config: &std::path::Path) -> u64 {
+    let (value, text) = check_config_figure(config, "# memory ceiling: ");
+    value.unwrap_or_else(|| panic!("no memory ceiling in --check-config output:\n{text}"))
+}
+
+/// The number after `label` in what `muc-eventsource --config <config> --check-config` prints
+/// (`None` if no line has it), and that whole output (for panic messages).
+pub fn check_config_figure(config: &std::path::Path, label: &str) -> (Option<u64>, String) {
     let out = std::process::Command::new(crate::daemon::bin())
         .arg("--config")
         .arg(config)
@@ -427,11 +434,12 @@ pub fn check_config_ceiling(config: &std::path::Path) -> u64 {
         .output()
         .expect("run --check-config");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("# memory ceiling: "))
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no memory ceiling in --check-config output:\n{text}"))
+        .and_then(|n| n.parse().ok());
+    (value, text)
 }
 
 /// `VmHWM` (peak resident set) of process `pid`, in KiB, from `/proc/<pid>/status`.

@@ -506,6 +506,29 @@ impl SseClient {
         }
     }
 
+    /// Reads up to the first `message` event: the `status` values of the status events before
+    /// it, and its body. Panics, naming `what`, when an event takes over `timeout` or has
+    /// another type.
+    pub fn statuses_then_message(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> (Vec<String>, String) {
+        let mut statuses = Vec::new();
+        loop {
+            let e = self
+                .next_event(timeout)
+                .unwrap_or_else(|| panic!("{what}: no event within {timeout:?}"));
+            match e.event_type.as_str() {
+                "status" => statuses.push(
+                    field(&e, "status").unwrap_or_else(|| panic!("{what}: no status in {e:?}")),
+                ),
+                "message" => return (statuses, body(&e)),
+                other => panic!("{what}: unexpected {other} event: {e:?}"),
+            }
+        }
+    }
+
     pub fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -170,17 +170,8 @@ fn a_server_restart_under_a_subscriber_loses_and_repeats_nothing(kind: Kind) {
     );
     let mut alice = user(&*server, "alice", "lobby");
     post(&mut alice, "lobby", "after restart");
-    let mut statuses = Vec::new();
-    let mut got = Vec::new();
-    while got.is_empty() {
-        let e = sub.next_event(T).expect("the stream survives the restart");
-        match e.event_type.as_str() {
-            "status" => statuses.push(field(&e, "status").unwrap_or_default()),
-            "message" => got.push(body(&e)),
-            other => panic!("unexpected {other} event: {e:?}"),
-        }
-    }
-    assert_eq!(got, vec!["after restart"], "no message twice, none lost");
+    let (statuses, got) = sub.statuses_then_message(T, "the stream survives the restart");
+    assert_eq!(got, "after restart", "no message twice, none lost");
     assert_eq!(statuses, vec!["reconnecting", "joined"]);
     let rest = drain(&mut sub, Duration::from_millis(500));
     assert!(rest.is_empty(), "{rest:?}");

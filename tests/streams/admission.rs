@@ -355,25 +355,18 @@ fn sockstat() -> (u64, u64) {
 
 /// The kernel part of the ceiling `--check-config` prints, in bytes.
 fn kernel_ceiling(daemon: &Daemon) -> u64 {
-    let out = std::process::Command::new(testkit::daemon::bin())
-        .arg("--config")
-        .arg(daemon.config_path())
-        .arg("--check-config")
-        .output()
-        .expect("run --check-config");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("# kernel socket memory ceiling: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            // Measuring the kernel's own default (`ADMISSION_SEND_BUFFER=0`): no ceiling.
-            assert!(
-                std::env::var("ADMISSION_SEND_BUFFER").is_ok_and(|v| v == "0"),
-                "no kernel ceiling in --check-config output:\n{text}"
-            );
-            u64::MAX
-        })
+    let (value, text) = testkit::fake_upstream::check_config_figure(
+        daemon.config_path(),
+        "# kernel socket memory ceiling: ",
+    );
+    value.unwrap_or_else(|| {
+        // Measuring the kernel's own default (`ADMISSION_SEND_BUFFER=0`): no ceiling.
+        assert!(
+            std::env::var("ADMISSION_SEND_BUFFER").is_ok_and(|v| v == "0"),
+            "no kernel ceiling in --check-config output:\n{text}"
+        );
+        u64::MAX
+    })
 }
 
 /// A subscriber that never reads, with a small receive buffer (so its own side holds little

@@ -150,19 +150,8 @@ fn history_seeds_the_ring_and_an_upstream_restart_duplicates_nothing() {
     let mut alice = XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     alice.send_groupchat("lobby", "after restart");
-    let mut statuses = Vec::new();
-    let mut got = Vec::new();
-    while got.is_empty() {
-        let e = sub
-            .next_event(T)
-            .expect("the stream survives the upstream restart");
-        match e.event_type.as_str() {
-            "status" => statuses.push(field(&e, "status").unwrap()),
-            "message" => got.push(body(&e)),
-            other => panic!("unexpected {other} event: {e:?}"),
-        }
-    }
-    assert_eq!(got, vec!["after restart"], "no history message came twice");
+    let (statuses, got) = sub.statuses_then_message(T, "the stream survives the upstream restart");
+    assert_eq!(got, "after restart", "no history message came twice");
     assert_eq!(statuses, vec!["reconnecting", "joined"]);
     assert!(sub.next_event(Duration::from_millis(500)).is_none());
 }
