@@ -63,6 +63,15 @@ pub fn body(event: &SseEvent) -> String {
     field(event, "body").unwrap_or_else(|| panic!("no body in the JSON data: {event:?}"))
 }
 
+/// The bodies of the `message` events among `events`, in order.
+pub fn bodies(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event_type == "message")
+        .map(body)
+        .collect()
+}
+
 /// Incremental event-stream parser; feed it bytes split anywhere.
 #[derive(Debug, Default)]
 pub struct SseParser {

@@ -285,6 +285,19 @@ impl XmppClient {
         self.wait_iq(id, TIMEOUT)
     }
 
+    /// Sends a disco#info query to room `room_node` and returns the reply (result or error,
+    /// e.g. `item-not-found` for a room that does not exist).
+    pub fn disco_info(&mut self, room_node: &str) -> String {
+        let id = self.id("disco");
+        let jid = self.room_jid(room_node);
+        self.iq(
+            &id,
+            &format!(
+                "<iq type='get' to='{jid}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+        )
+    }
+
     /// Waits for the `<iq>` reply with `id` and returns that stanza (result or error).
     pub fn wait_iq(&mut self, id: &str, timeout: Duration) -> String {
         self.wait_match(

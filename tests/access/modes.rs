@@ -36,11 +36,7 @@ fn rooms_on_demand_are_joined_for_their_readers_and_left_after() {
 
     // A room that does not exist: 404, and it is not created.
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
-    let jid = owner.room_jid("ghost");
-    let reply = owner.iq(
-        "d1",
-        &format!("<iq type='get' to='{jid}' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
-    );
+    let reply = owner.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

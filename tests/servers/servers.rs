@@ -17,7 +17,7 @@ use testkit::json::{self, Value};
 use testkit::prosody::ROOM_OWNER;
 use testkit::server::{Kind, Server};
 use testkit::sse::{SseClient, SseEvent, http_get, http_request};
-use testkit::sse::{body, field};
+use testkit::sse::{bodies, body, field};
 use testkit::xmpp::{XmppClient, stanza_attr, stanza_id};
 
 const T: Duration = Duration::from_secs(10);
@@ -73,14 +73,6 @@ fn drain(sub: &mut SseClient, quiet: Duration) -> Vec<SseEvent> {
         out.push(e);
     }
     out
-}
-
-fn bodies(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event_type == "message")
-        .map(body)
-        .collect()
 }
 
 fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind) {
@@ -224,13 +216,7 @@ fn a_missing_room_answers_404_and_is_not_created(kind: Kind) {
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
     let (owner, pass) = ROOM_OWNER;
     let mut c = XmppClient::connect(&*server, owner, pass);
-    let jid = c.room_jid("ghost");
-    let reply = c.iq(
-        "d1",
-        &format!(
-            "<iq type='get' to='{jid}' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
-        ),
-    );
+    let reply = c.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

@@ -281,11 +281,7 @@ fn a_room_that_does_not_exist_is_not_created() {
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
     prosody.register("bob", "bobpass");
     let mut bob = XmppClient::connect(&prosody, "bob", "bobpass");
-    let jid = bob.room_jid("ghost");
-    let reply = bob.iq(
-        "disco1",
-        &format!("<iq type='get' to='{jid}' id='disco1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
-    );
+    let reply = bob.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

@@ -9,19 +9,11 @@ use testkit::daemon::Daemon;
 use testkit::json;
 use testkit::prosody::{Prosody, ROOM_OWNER};
 use testkit::sse::{SseClient, SseEvent, http_get};
-use testkit::sse::{body, field};
+use testkit::sse::{bodies, body, field};
 use testkit::xmpp::XmppClient;
 use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
-
-fn bodies(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event_type == "message")
-        .map(body)
-        .collect()
-}
 
 fn user(prosody: &Prosody, name: &str, room: &str) -> XmppClient {
     prosody.register(name, "pw");
