@@ -11,18 +11,15 @@
 //! from the kernel should the demo itself be killed. Needs Debian's `prosody` (installed with
 //! apt-get when missing and running as root). `--help` lists the options.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::xmpp::XmppClient;
-use common::{TempDir, procs};
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::xmpp::XmppClient;
+use testkit::{TempDir, procs};
 
 const HELP: &str = "\
 demo: a throwaway Prosody, a room `lobby`, muc-eventsource streaming it, a message every 2 s.

@@ -3,17 +3,15 @@
 //! message. Not part of `cargo test` (it needs the cross builds); CI runs it after building
 //! them: `cargo test --test cross_qemu -- --ignored`.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::XmppClient;
 
 fn dist(name: &str) -> PathBuf {
     let dir = std::env::var_os("DIST_DIR")
@@ -51,9 +49,9 @@ fn streams_under_qemu(qemu: &str, binary: &str) {
             break e;
         }
     };
-    let json = Json::parse(&event.data).unwrap();
+    let json = json::parse(&event.data).unwrap();
     assert_eq!(
-        json.get("body").and_then(Json::as_str),
+        json.get("body").and_then(Value::as_str),
         Some("hello from an emulated ARM board")
     );
     assert_eq!(daemon.stop().code(), Some(0), "{}", daemon.log());

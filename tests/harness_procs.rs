@@ -1,14 +1,12 @@
-//! The harness's process guard (`tests/common/procs.rs`) does what the other tests rely on: a
+//! The harness's process guard (`testkit/src/procs.rs`) does what the other tests rely on: a
 //! test binary that leaves a child running fails at exit (and the child is killed), an orphaned
 //! grandchild is adopted and seen, and a server's whole process group is stopped and waited for.
-
-mod common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, procs};
+use testkit::{TempDir, procs};
 
 /// Run only by [`a_binary_that_leaves_a_child_fails_at_exit_and_the_child_is_killed`], in a
 /// copy of this binary: leaves `sleep` running and ends.

@@ -3,14 +3,16 @@
 //! message with markup, quotes, a newline and an emoji arrives intact, the subject can be set,
 //! the owner config form is accepted, the component port takes an XEP-0114 handshake with the
 //! generated secret, and Prosody restarts on the same ports with accounts and rooms intact.
+//! Plus the harness's pure helpers (SHA-1, JSON fields, stanza ids, client sockets).
 
-mod common;
-
-use common::xmpp::{element_text, stanza_attr, xml_unescape};
-use common::{Prosody, XmppClient};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
+use testkit::sha1::sha1_hex;
+use testkit::sock::{Opts, connect};
+use testkit::sse::{SseEvent, body, data_field, field};
+use testkit::xmpp::{element_text, stanza_attr, stanza_id, xml_unescape};
+use testkit::{Prosody, XmppClient};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -196,52 +198,50 @@ fn read_until(s: &mut TcpStream, a: &str, b: &str) -> String {
     }
 }
 
-/// SHA-1 (FIPS 180-4), lowercase hex; test-only, to avoid a dev-dependency.
-fn sha1_hex(data: &[u8]) -> String {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-    for block in msg.chunks(64) {
-        let mut w = [0u32; 80];
-        for i in 0..16 {
-            w[i] = u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap());
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
+// --- Pure helpers of the harness (testkit has no tests of its own: `cargo test` runs these) ---
+
+#[test]
+fn sha1_known_answers() {
+    assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+    // Two blocks: the padding spills into a second 64-byte block.
+    assert_eq!(
+        sha1_hex(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+        "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
+    );
 }
 
 #[test]
-fn sha1_known_answer() {
-    assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
-    assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+fn source_address_and_options_are_applied() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let from = Ipv4Addr::new(127, 0, 0, 7);
+    let opts = Opts {
+        from: Some(from),
+        rcvbuf: Some(1),
+        mss: Some(384),
+    };
+    let _client = connect(listener.local_addr().unwrap(), opts);
+    let (_server, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip(), from);
+}
+
+#[test]
+fn stanza_id_reads_the_child_not_the_message_id() {
+    let echo = "<message id='orig-1' from='lobby@muc/alice'><body>hi</body>\
+                <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@muc' id='Ab&amp;9'/></message>";
+    assert_eq!(stanza_id(echo).as_deref(), Some("Ab&9"));
+    assert_eq!(stanza_id("<message id='x'><body>hi</body></message>"), None);
+}
+
+#[test]
+fn field_and_body_read_the_json_data() {
+    let event = SseEvent {
+        event_type: "message".into(),
+        data: r#"{"body":"h\u00e9","nick":"alice","n":1}"#.into(),
+        last_event_id: String::new(),
+    };
+    assert_eq!(body(&event), "hé");
+    assert_eq!(field(&event, "nick").as_deref(), Some("alice"));
+    assert_eq!(field(&event, "n"), None, "not a string");
+    assert_eq!(data_field("not json", "body"), None);
 }

@@ -1,9 +1,7 @@
 //! Integration tests, link: The component link and continuity: upstream faults and recovery, outages (archive fill or gap), hostile values that must never reach the XMPP stream, the thread count. A new test about the link to the XMPP server, reconnects or what upstream receives goes here.
 //!
-//! One test binary per area (this file and its folder), so `tests/common` is compiled a few
-//! times, not once per file.
-
-mod common;
+//! One test binary per area (this file and its folder), so a contributor knows where a test goes
+//! and the binaries stay few; the harness is the `testkit` crate.
 
 #[path = "link/continuity.rs"]
 mod continuity;

@@ -3,15 +3,13 @@
 //! RSS over time and fails if RSS grows after warm-up or a connected fast subscriber misses a
 //! message.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::XmppClient;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

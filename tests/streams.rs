@@ -1,9 +1,7 @@
 //! Integration tests, streams: Serving streams: events, ids and resume, the SSE wire format, HTTP parsing and limits, admission under storms, slow subscribers, memory. A new test about what a subscriber receives or how requests are admitted goes here.
 //!
-//! One test binary per area (this file and its folder), so `tests/common` is compiled a few
-//! times, not once per file.
-
-mod common;
+//! One test binary per area (this file and its folder), so a contributor knows where a test goes
+//! and the binaries stay few; the harness is the `testkit` crate.
 
 #[path = "streams/admission.rs"]
 mod admission;

@@ -25,9 +25,6 @@
 //! | `FANOUT_NICE` | `--nice` | unchanged | nice value for the bench, Prosody and the daemon (e.g. -10 on a shared machine) |
 //! | `FANOUT_PERF=<dir>` | – | off | `perf record` the daemon in each measured window |
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 mod base;
 mod poster;
 mod recv;
@@ -37,10 +34,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Prosody};
 use poster::Poster;
 use recv::{Ctl, Group, RecvResult};
 use stats::{CpuSnap, Hist, now_us, rss_kib};
+use testkit::{Daemon, Prosody};
 
 const USER: &str = "fanout";
 const PASS: &str = "fanout-pw";
@@ -579,7 +576,7 @@ impl Bench {
             .collect();
         let limit = stats::nofile_limit(d.pid()).unwrap_or(0);
         d.stop();
-        let bin = common::daemon::bin();
+        let bin = testkit::daemon::bin();
         let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
         (
             rss,

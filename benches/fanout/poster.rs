@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::Prosody;
-use crate::common::xmpp::base64;
 use crate::stats::{Hist, now_us};
+use testkit::Prosody;
+use testkit::xmpp::base64;
 
 /// Body length in bytes (ANCHORS.md: ~35-byte bodies, ~80-byte SSE events).
 pub const BODY_LEN: usize = 35;

@@ -2,23 +2,21 @@
 //! password-protected rooms answer 403 unless a read token is configured and presented
 //! (`?token=` or `Authorization: Bearer`); tokens never reach the log; CORS origins.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, http_request};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, http_request};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 
 fn body(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .unwrap()
         .get("body")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .unwrap()
         .to_string()
 }
@@ -140,7 +138,7 @@ fn cors_origins_are_echoed_only_when_allowed() {
         ],
     );
     assert_eq!(status, 204);
-    let h = |name: &str| common::sse::find_header(&headers, name).map(str::to_string);
+    let h = |name: &str| testkit::sse::find_header(&headers, name).map(str::to_string);
     assert_eq!(
         h("access-control-allow-origin").as_deref(),
         Some("http://wall.lan")

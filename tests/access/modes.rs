@@ -2,14 +2,12 @@
 //! has it checked and joined; it is left after the grace period; a missing room is a 404 and
 //! is never created) and `rooms = *` (every public room, found with disco#items).
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -38,11 +36,7 @@ fn rooms_on_demand_are_joined_for_their_readers_and_left_after() {
 
     // A room that does not exist: 404, and it is not created.
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
-    let jid = owner.room_jid("ghost");
-    let reply = owner.iq(
-        "d1",
-        &format!("<iq type='get' to='{jid}' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
-    );
+    let reply = owner.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

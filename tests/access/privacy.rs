@@ -5,28 +5,18 @@
 //! on-demand requests for hidden and missing rooms get the same answer and are not listed; `/`,
 //! `/metrics` and `/healthz` name private rooms only to the operator (`status_token`).
 
-use crate::common;
-
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, SseEvent, http_request};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::data_field;
+use testkit::sse::{SseClient, SseEvent, http_request};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 /// How soon a stream must end once its access is withdrawn.
 const PROMPTLY: Duration = Duration::from_secs(5);
-
-fn field(data: &str, key: &str) -> Option<String> {
-    Json::parse(data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 /// The status a stream request gets (`HEAD`: the same route as `GET`, without the stream).
 fn status(daemon: &Daemon, path: &str, headers: &[(&str, &str)]) -> u16 {
@@ -62,12 +52,15 @@ fn ends_forbidden(sub: &mut SseClient, what: &str, room: Option<&str>) -> Vec<Ss
         .unwrap_or_else(|| panic!("{what}: no event before the end"));
     assert_eq!(last.event_type, "status", "{what}: {events:?}");
     assert_eq!(
-        field(&last.data, "status").as_deref(),
+        data_field(&last.data, "status").as_deref(),
         Some("forbidden"),
         "{what}: {events:?}"
     );
-    assert!(field(&last.data, "reason").is_some(), "{what}: a reason");
-    assert_eq!(field(&last.data, "room").as_deref(), room, "{what}");
+    assert!(
+        data_field(&last.data, "reason").is_some(),
+        "{what}: a reason"
+    );
+    assert_eq!(data_field(&last.data, "room").as_deref(), room, "{what}");
     // Sent without `id:`, so the client's last event id stays that of the room's last event.
     let raw = String::from_utf8_lossy(&sub.raw_body).into_owned();
     let block = raw
@@ -85,7 +78,7 @@ fn bodies(events: &[SseEvent]) -> Vec<String> {
     events
         .iter()
         .filter(|e| e.event_type == "message")
-        .filter_map(|e| field(&e.data, "body"))
+        .filter_map(|e| data_field(&e.data, "body"))
         .collect()
 }
 

@@ -3,15 +3,13 @@
 //! every key of `config::KEYS` is either applied to the running daemon or named in the
 //! "needs a restart" warning.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -55,10 +53,10 @@ fn sighup_reloads_rooms_and_tokens_keeping_unchanged_rooms_streaming() {
     let last = news.next_event(T).expect("a last event");
     assert_eq!(last.event_type, "status");
     assert_eq!(
-        Json::parse(&last.data)
+        json::parse(&last.data)
             .unwrap()
             .get("status")
-            .and_then(Json::as_str),
+            .and_then(Value::as_str),
         Some("removed")
     );
     assert!(news.wait_closed(T));

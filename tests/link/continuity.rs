@@ -10,12 +10,11 @@
 //! - Both times the daemon is back within `reconnect_min_secs` plus a few seconds of the link
 //!   being restored (the back-off starts over once a session is established).
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::relay::Relay;
-use common::{Daemon, Json, Prosody, SseClient, SseEvent, XmppClient};
+use testkit::json::{self, Value};
+use testkit::relay::Relay;
+use testkit::{Daemon, Prosody, SseClient, SseEvent, XmppClient};
 
 const T: Duration = Duration::from_secs(15);
 /// Messages posted during each outage: more than Prosody's MUC history (20).
@@ -43,8 +42,8 @@ fn message(e: &SseEvent) -> Option<(String, String)> {
     if e.event_type != "message" {
         return None;
     }
-    let json = Json::parse(&e.data).expect("message data is JSON");
-    let get = |k: &str| json.get(k).and_then(Json::as_str).map(str::to_string);
+    let json = json::parse(&e.data).expect("message data is JSON");
+    let get = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_string);
     Some((get("room").unwrap_or_default(), get("body")?))
 }
 

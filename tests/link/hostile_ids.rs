@@ -8,26 +8,17 @@
 //! sees no `reconnecting` and loses no message. And a named event's id (`<stanza-id>~<n>`)
 //! whose message the ring no longer holds resumes from the archive after that message.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, SseEvent, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::field;
+use testkit::sse::{SseClient, SseEvent, http_get};
+use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
 const MAM: &str = r#"modules_enabled = { "muc_mam" }"#;
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 fn user(prosody: &Prosody, name: &str, rooms: &[&str]) -> XmppClient {
     prosody.register(name, "pw");
@@ -42,13 +33,7 @@ fn user(prosody: &Prosody, name: &str, rooms: &[&str]) -> XmppClient {
 fn post(alice: &mut XmppClient, room: &str, body: &str) -> String {
     alice.send_groupchat(room, body);
     let echoed = alice.wait_for(body, T);
-    echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .unwrap_or_else(|| panic!("no stanza-id on {echoed} (mod_muc_mam?)"))
-        .to_string()
+    stanza_id(&echoed).unwrap_or_else(|| panic!("no stanza-id on {echoed} (mod_muc_mam?)"))
 }
 
 fn metric(daemon: &Daemon, name: &str) -> String {
@@ -78,7 +63,7 @@ fn assert_link_never_dropped(daemon: &Daemon, prosody: &Prosody, after: &str) {
     assert!(
         !log.contains("not-well-formed"),
         "after {after}, Prosody saw ill-formed XML:\n{}",
-        common::tail(&log, 20)
+        testkit::tail(&log, 20)
     );
 }
 

@@ -2,14 +2,12 @@
 //! (plus the `async-io` reactor's helper), before and after load and hostile requests,
 //! including `Expect: 100-continue` (which makes async-h1 start a thread pool).
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_raw};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_raw};
+use testkit::xmpp::XmppClient;
 
 /// Names of the daemon's threads, from `/proc/<pid>/task/*/comm`.
 fn threads(pid: u32) -> Vec<String> {

@@ -1,5 +1,5 @@
 //! The daemon against a hostile or broken upstream: a fake XEP-0114 server
-//! (`tests/common/fake_upstream.rs`) that logs the daemon in, answers its disco#info and joins,
+//! (`testkit/src/fake_upstream.rs`) that logs the daemon in, answers its disco#info and joins,
 //! and then sends what a real Prosody never would: garbage, a DTD with a billion-laughs entity
 //! set, comments, 10 000 nested elements, a 10 MB stanza, invalid UTF-8, an undefined entity,
 //! a `<stream:error>`, a bare `</stream:stream>`, a connection cut mid-stanza or mid-handshake,
@@ -11,14 +11,12 @@
 //! the messages pushed after the reconnect (and never anything from the broken stanza). Memory
 //! is checked (VmHWM) around the 10 MB stanza and the largest stanzas the daemon accepts.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::fake_upstream::{FakeConn, FakeUpstream, check_config_ceiling, vm_hwm_kib};
-use common::json::Json;
-use common::sse::{SseClient, http_get};
+use testkit::daemon::Daemon;
+use testkit::fake_upstream::{FakeConn, FakeUpstream, check_config_ceiling, vm_hwm_kib};
+use testkit::json::{self, Value};
+use testkit::sse::{SseClient, http_get};
 
 const T: Duration = Duration::from_secs(10);
 const ROOMS: &[&str] = &["lobby", "news"];
@@ -201,9 +199,9 @@ impl Setup {
 }
 
 fn body_of(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .ok()
-        .and_then(|j| j.get("body").and_then(Json::as_str).map(str::to_string))
+        .and_then(|j| j.get("body").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default()
 }
 
@@ -512,7 +510,7 @@ fn rejected_secret_with_auth_failure_retry_backs_off() {
 #[test]
 fn connection_refused_is_logged_and_retried_with_back_off() {
     // A port nobody listens on (yet).
-    let port = common::free_port();
+    let port = testkit::free_port();
     let probe = FakeUpstream::start();
     let secret = probe.secret.clone();
     let config = probe.daemon_config(ROOMS, "").replace(

@@ -4,26 +4,16 @@
 //! drop one without it (the control); subscribers stay connected and are told what happens.
 //! (Prosody 0.12 itself answers a silent component with whitespace instead of dropping it.)
 
-use crate::common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, SseEvent};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::sse::field;
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")

@@ -2,7 +2,7 @@
 //! real Prosody: it receives live messages, reconnects by itself after the daemon restarts on
 //! the same port, resumes with `Last-Event-ID` (stanza-ids from `mod_muc_mam`, which the new
 //! daemon seeds its ring with from MUC history) and ends up with every message exactly once.
-//! Plus a check of the screenshot helper in `tests/common/browser.rs`.
+//! Plus a check of the screenshot helper in `testkit/src/browser.rs`.
 //!
 //! The page is served by a std-only HTTP server in the test ([`PageServer`]); it reports what
 //! its `EventSource` saw by `POST /report` (the whole record list, numbered, after every event
@@ -10,18 +10,17 @@
 //!
 //! Needs `apt-get install -y chromium` (and prosody); a missing Chromium fails the test.
 
-use crate::common;
-
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
-use common::browser::{self, Browser, Page, PageServer, png_size, screenshot, screenshot_after};
-use common::daemon::{Daemon, READY_TIMEOUT};
-use common::json::Json;
-use common::prosody::Prosody;
-use common::xmpp::XmppClient;
+use testkit::TempDir;
+use testkit::browser::{self, Browser, Page, PageServer, png_size, screenshot, screenshot_after};
+use testkit::daemon::{Daemon, READY_TIMEOUT};
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 /// The whole scenario must finish within this (each wait is also capped by it).
 const BUDGET: Duration = Duration::from_secs(55);
@@ -37,7 +36,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// The test page: opens the stream and reports every `open`, `error`, message and named event.
 fn page_html(stream_url: &str) -> String {
-    let url = Json::Str(stream_url.to_string()).to_string();
+    let url = Value::String(stream_url.to_string()).to_string();
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>muc-eventsource browser test</title></head>
@@ -111,10 +110,10 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let newest = page
         .reports()
         .iter()
-        .filter_map(|r| Json::parse(r).ok())
+        .filter_map(|r| json::parse(r).ok())
         .filter_map(|j| {
             let seq = match j.get("seq") {
-                Some(Json::Number(n)) => n.parse::<u64>().ok()?,
+                Some(Value::Number(n)) => n.as_u64()?,
                 _ => return None,
             };
             Some((seq, j))
@@ -123,12 +122,12 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let Some((_, report)) = newest else {
         return Vec::new();
     };
-    let Some(Json::Array(items)) = report.get("records") else {
+    let Some(Value::Array(items)) = report.get("records") else {
         return Vec::new();
     };
-    let text = |j: &Json, k: &str| match j.get(k) {
-        Some(Json::Str(s)) => s.clone(),
-        Some(Json::Number(n)) => n.clone(),
+    let text = |j: &Value, k: &str| match j.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
     };
     items
@@ -221,12 +220,8 @@ fn post(alice: &mut XmppClient, body: &str) -> String {
         T,
         body,
     );
-    echo.split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
+    stanza_id(&echo)
         .unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?} (mod_muc_mam?): {echo}"))
-        .to_string()
 }
 
 #[test]

@@ -10,8 +10,6 @@
 //!
 //! `UPDATE_SCREENSHOTS=1 cargo test --test pages` also writes `docs/live-view.png`.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -20,13 +18,14 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use cdp::Chrome;
-use common::TempDir;
-use common::browser::png_size;
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, find_header, http_raw, http_request};
-use common::xmpp::XmppClient;
+use testkit::TempDir;
+use testkit::browser::png_size;
+use testkit::daemon::Daemon;
+use testkit::json::Value;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, find_header, http_raw, http_request};
+use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
 const PAGE_BUDGET: usize = 16 * 1024;
@@ -82,10 +81,6 @@ fn url(daemon: &Daemon, path: &str) -> String {
 /// `--dump-dom` and `--screenshot` act at the `load` event, before an EventSource has
 /// delivered anything, and `--virtual-time-budget` never ends while one is open.
 mod cdp {
-    use super::common::browser::{self, FLAGS};
-    use super::common::json::Json;
-    use super::common::xmpp::base64;
-    use super::common::{TempDir, random_hex, tail};
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::os::unix::process::CommandExt;
@@ -93,6 +88,10 @@ mod cdp {
     use std::process::{Child, Command, Stdio};
     use std::thread::sleep;
     use std::time::{Duration, Instant};
+    use testkit::browser::{self, FLAGS};
+    use testkit::json::{self, Value};
+    use testkit::xmpp::base64;
+    use testkit::{TempDir, random_hex, tail};
 
     const START: Duration = Duration::from_secs(30);
     const CALL: Duration = Duration::from_secs(30);
@@ -145,10 +144,10 @@ mod cdp {
             };
             let page = loop {
                 let (status, _, body) =
-                    super::common::sse::http_get(([127, 0, 0, 1], port).into(), "/json/list");
+                    testkit::sse::http_get(([127, 0, 0, 1], port).into(), "/json/list");
                 if status == 200 {
-                    let list = Json::parse(&body).expect("/json/list is JSON");
-                    if let Json::Array(targets) = list {
+                    let list = json::parse(&body).expect("/json/list is JSON");
+                    if let Value::Array(targets) = list {
                         let found = targets.iter().find_map(|t| {
                             (t.get("type")?.as_str()? == "page")
                                 .then(|| t.get("webSocketDebuggerUrl")?.as_str().map(String::from))
@@ -197,7 +196,7 @@ mod cdp {
         }
 
         /// Sends a DevTools command (`params`: a JSON object) and returns its `result`.
-        pub fn call(&mut self, method: &str, params: &str) -> Json {
+        pub fn call(&mut self, method: &str, params: &str) -> Value {
             self.next += 1;
             let id = self.next;
             let ws = self.ws.as_mut().expect("attached to the page");
@@ -210,25 +209,25 @@ mod cdp {
                 let ws = self.ws.as_mut().expect("attached to the page");
                 let text = receive(ws, deadline)
                     .unwrap_or_else(|e| panic!("{method}: {e}\n{}", self.log_tail()));
-                let reply = Json::parse(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"));
-                if reply.get("id") != Some(&Json::Number(id.to_string())) {
+                let reply = json::parse(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"));
+                if reply.get("id") != Some(&Value::from(id)) {
                     continue; // an event
                 }
                 if let Some(err) = reply.get("error") {
                     panic!("{method} failed: {err}");
                 }
-                return reply.get("result").cloned().unwrap_or(Json::Null);
+                return reply.get("result").cloned().unwrap_or(Value::Null);
             }
         }
 
         /// The value of a JavaScript expression in the page (JSON-serializable values).
-        pub fn eval(&mut self, expression: &str) -> Json {
+        pub fn eval(&mut self, expression: &str) -> Value {
             self.try_eval(expression)
                 .unwrap_or_else(|e| panic!("{expression}: threw {e}"))
         }
 
         /// Like [`Chrome::eval`], `Err` with the exception when the expression throws.
-        pub fn try_eval(&mut self, expression: &str) -> Result<Json, String> {
+        pub fn try_eval(&mut self, expression: &str) -> Result<Value, String> {
             let params = format!(
                 "{{\"expression\":{},\"returnByValue\":true}}",
                 quote(expression)
@@ -241,13 +240,13 @@ mod cdp {
                 .get("result")
                 .and_then(|r| r.get("value"))
                 .cloned()
-                .unwrap_or(Json::Null))
+                .unwrap_or(Value::Null))
         }
 
         /// A string-valued expression.
         pub fn text(&mut self, expression: &str) -> String {
             match self.eval(expression) {
-                Json::Str(s) => s,
+                Value::String(s) => s,
                 other => panic!("{expression}: not a string: {other}"),
             }
         }
@@ -256,7 +255,7 @@ mod cdp {
         pub fn wait(&mut self, expression: &str, timeout: Duration, show: &str) {
             let deadline = Instant::now() + timeout;
             // Until the page has loaded, the expression may throw (no `document.body` yet).
-            while self.try_eval(expression) != Ok(Json::Bool(true)) {
+            while self.try_eval(expression) != Ok(Value::Bool(true)) {
                 if Instant::now() > deadline {
                     let shown = self.try_eval(show);
                     panic!(
@@ -273,7 +272,7 @@ mod cdp {
             let result = self.call("Page.captureScreenshot", "{\"format\":\"png\"}");
             let data = result
                 .get("data")
-                .and_then(Json::as_str)
+                .and_then(Value::as_str)
                 .expect("screenshot data");
             let png = unbase64(data);
             if let Some(parent) = out.parent() {
@@ -551,11 +550,11 @@ fn live_view_shows_messages_as_text_with_subject_in_chromium() {
     );
     assert_eq!(
         page.eval("typeof window.pwned"),
-        Json::Str("undefined".into())
+        Value::String("undefined".into())
     );
     assert_eq!(
         page.eval("document.querySelectorAll('#log b, #log script').length"),
-        Json::Number("0".into()),
+        Value::from(0),
         "markup in a body was interpreted: {}",
         page.text("document.getElementById('log').innerHTML")
     );
@@ -607,7 +606,7 @@ fn live_view_shows_messages_as_text_with_subject_in_chromium() {
     );
     assert_eq!(
         page.eval("document.getElementById('log').scrollTop"),
-        Json::Number("0".into())
+        Value::from(0)
     );
     // Dark and light follow prefers-color-scheme.
     let light = page.text("getComputedStyle(document.body).backgroundColor");
@@ -1047,13 +1046,7 @@ fn corrections_and_retractions_update_the_live_view() {
         "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
     ));
     let echoed = alice.wait_for("helo", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .expect("a stanza-id (mod_muc_mam)")
-        .to_string();
+    let stanza_id = stanza_id(&echoed).expect("a stanza-id (mod_muc_mam)");
     alice.send_groupchat("lobby", "unrelated");
     page.wait(
         "document.querySelectorAll('#log .msg').length === 2",

@@ -2,18 +2,15 @@
 //! prefix (`/chat/`), events arrive through it unbuffered, and the live page's links (all
 //! relative) work under the prefix.
 
-use crate::common;
-
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_get};
-use common::xmpp::XmppClient;
-use common::{TempDir, free_port};
+use testkit::daemon::Daemon;
+use testkit::nginx::Nginx;
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_get};
+use testkit::xmpp::XmppClient;
+use testkit::{TempDir, free_port};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -51,62 +48,16 @@ http {{
     )
 }
 
-/// nginx in its own process group; dropping it stops it gracefully (`QUIT`) and waits for its
-/// worker, so no nginx process outlives the test.
-struct Nginx(Option<Child>);
-
-impl Nginx {
-    /// `QUIT` (nginx's graceful shutdown), waiting for the master and its worker to exit.
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.0.take()?;
-        common::procs::stop_process_group(&mut child, libc::SIGQUIT)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn streams_and_pages_through_nginx_under_a_prefix() {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx not found: install Debian's nginx (apt-get install -y nginx)");
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let dir = TempDir::new("muc-es-nginx");
     let port = free_port();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&dir, port, daemon.http)).unwrap();
-    let mut nginx = Nginx(Some(
-        Command::new(nginx)
-            .args([
-                "-p",
-                &dir.path().display().to_string(),
-                "-c",
-                &conf.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start nginx"),
-    ));
+    let mut nginx = Nginx::start(&dir, &nginx_conf(&dir, port, daemon.http), port);
     let proxy = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + T;
-    while std::net::TcpStream::connect(proxy).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            dir.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let mut sub = SseClient::connect(proxy, "/chat/eventsource/lobby", &[]);
     assert_eq!(sub.status(), 200);
@@ -153,7 +104,7 @@ fn streams_and_pages_through_nginx_under_a_prefix() {
         status.is_some_and(|s| s.success()),
         "nginx on QUIT: {status:?}"
     );
-    let nginx_left: Vec<_> = common::procs::children()
+    let nginx_left: Vec<_> = testkit::procs::children()
         .into_iter()
         .filter(|p| p.cmdline.starts_with("nginx"))
         .collect();

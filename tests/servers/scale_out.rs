@@ -10,21 +10,19 @@
 //!
 //! Needs Debian's prosody, ejabberd, nginx and chromium; a missing one fails the test.
 
-use crate::common;
-
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::browser::{self, Browser, Page, PageServer};
-use common::daemon::{Daemon, READY_TIMEOUT};
-use common::ejabberd::Ejabberd;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::{XmppClient, stanza_attr};
-use common::{TempDir, free_port, random_hex};
+use testkit::browser::{self, Browser, Page, PageServer};
+use testkit::daemon::{Daemon, READY_TIMEOUT};
+use testkit::ejabberd::Ejabberd;
+use testkit::json::{self, Value};
+use testkit::nginx::Nginx;
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::{XmppClient, stanza_attr};
+use testkit::{TempDir, free_port, random_hex};
 
 const T: Duration = Duration::from_secs(10);
 /// The whole scenario must finish within this.
@@ -77,60 +75,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    /// SIGTERM to the master (it stops its worker; SIGKILL would leave the worker running),
-    /// then SIGKILL if it is still there after 5 s.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(dir: &TempDir, conf_text: &str, port: u16) -> Nginx {
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx not found: install Debian's nginx (apt-get install -y nginx)");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, conf_text).unwrap();
-    let nginx = Nginx(
-        Command::new(bin)
-            .args([
-                "-p",
-                &dir.path().display().to_string(),
-                "-c",
-                &conf.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + T;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            dir.path().display()
-        );
-        sleep(Duration::from_millis(50));
-    }
-    nginx
-}
-
 /// The daemon config for component `sse<n>.localhost` with its own nick.
 fn instance_config(prosody: &Prosody, n: u8, secret: &str) -> String {
     Daemon::config_text(prosody, &["lobby"], "history = 20")
@@ -147,7 +91,7 @@ fn instance_config(prosody: &Prosody, n: u8, secret: &str) -> String {
 
 /// The page: one `EventSource` through nginx; reports what it saw by `POST /report`.
 fn page_html(stream_url: &str) -> String {
-    let url = Json::Str(stream_url.to_string()).to_string();
+    let url = Value::String(stream_url.to_string()).to_string();
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>scale-out</title></head><body>
@@ -185,19 +129,19 @@ fn records(page: &PageServer) -> Vec<Rec> {
     let newest = page
         .reports()
         .iter()
-        .filter_map(|r| Json::parse(r).ok())
+        .filter_map(|r| json::parse(r).ok())
         .filter_map(|j| match j.get("seq") {
-            Some(Json::Number(n)) => Some((n.parse::<u64>().ok()?, j)),
+            Some(Value::Number(n)) => Some((n.as_u64()?, j)),
             _ => None,
         })
         .max_by_key(|(seq, _)| *seq);
     let Some((_, report)) = newest else {
         return Vec::new();
     };
-    let Some(Json::Array(items)) = report.get("records") else {
+    let Some(Value::Array(items)) = report.get("records") else {
         return Vec::new();
     };
-    let text = |j: &Json, k: &str| j.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+    let text = |j: &Value, k: &str| j.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     items
         .iter()
         .map(|j| (text(j, "t"), text(j, "body"), text(j, "id")))
@@ -248,7 +192,7 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
     }
     let dir = TempDir::new("muc-es-scale-out");
     let port = free_port();
-    let _nginx = start_nginx(
+    let _nginx = Nginx::start(
         &dir,
         &nginx_conf(&dir, port, daemons[0].http, daemons[1].http),
         port,

@@ -10,16 +10,15 @@
 //! `both!(name)` turns `fn name(kind: Kind)` into the tests `name::prosody` and
 //! `name::ejabberd`.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::ROOM_OWNER;
-use common::server::{Kind, Server};
-use common::sse::{SseClient, SseEvent, http_get, http_request};
-use common::xmpp::{XmppClient, stanza_attr};
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::ROOM_OWNER;
+use testkit::server::{Kind, Server};
+use testkit::sse::{SseClient, SseEvent, http_get, http_request};
+use testkit::sse::{bodies, body, field};
+use testkit::xmpp::{XmppClient, stanza_attr, stanza_id};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -64,27 +63,7 @@ fn post(c: &mut XmppClient, room: &str, body: &str) -> String {
         T,
         &format!("the echo of {id} ({body:?})"),
     );
-    echo.split_once("<stanza-id")
-        .and_then(|(_, rest)| stanza_attr(&format!("<stanza-id{rest}"), "id"))
-        .unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?}: {echo}"))
-}
-
-fn body(event: &SseEvent) -> String {
-    assert_eq!(event.event_type, "message", "{event:?}");
-    Json::parse(&event.data)
-        .unwrap_or_else(|e| panic!("data is not JSON ({e}): {event:?}"))
-        .get("body")
-        .and_then(Json::as_str)
-        .unwrap_or_else(|| panic!("no body: {event:?}"))
-        .to_string()
-}
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
+    stanza_id(&echo).unwrap_or_else(|| panic!("no stanza-id on the echo of {body:?}: {echo}"))
 }
 
 /// Every event until the stream is quiet for `quiet`.
@@ -94,14 +73,6 @@ fn drain(sub: &mut SseClient, quiet: Duration) -> Vec<SseEvent> {
         out.push(e);
     }
     out
-}
-
-fn bodies(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event_type == "message")
-        .map(body)
-        .collect()
 }
 
 fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind) {
@@ -119,10 +90,10 @@ fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind)
     assert_eq!(events.len(), sent.len(), "{events:?}");
     for ((event, body), id) in events.iter().zip(sent).zip(&ids) {
         assert_eq!(event.event_type, "message");
-        let json = Json::parse(&event.data).unwrap();
-        assert_eq!(json.keys(), vec!["nick", "body"], "{}", event.data);
-        assert_eq!(json.get("nick").and_then(Json::as_str), Some("alice"));
-        assert_eq!(json.get("body").and_then(Json::as_str), Some(body));
+        let json = json::parse(&event.data).unwrap();
+        assert_eq!(json::keys(&json), vec!["nick", "body"], "{}", event.data);
+        assert_eq!(json.get("nick").and_then(Value::as_str), Some("alice"));
+        assert_eq!(json.get("body").and_then(Value::as_str), Some(body));
         assert_eq!(
             &event.last_event_id, id,
             "the event id is the room's stanza-id"
@@ -191,17 +162,8 @@ fn a_server_restart_under_a_subscriber_loses_and_repeats_nothing(kind: Kind) {
     );
     let mut alice = user(&*server, "alice", "lobby");
     post(&mut alice, "lobby", "after restart");
-    let mut statuses = Vec::new();
-    let mut got = Vec::new();
-    while got.is_empty() {
-        let e = sub.next_event(T).expect("the stream survives the restart");
-        match e.event_type.as_str() {
-            "status" => statuses.push(field(&e, "status").unwrap_or_default()),
-            "message" => got.push(body(&e)),
-            other => panic!("unexpected {other} event: {e:?}"),
-        }
-    }
-    assert_eq!(got, vec!["after restart"], "no message twice, none lost");
+    let (statuses, got) = sub.statuses_then_message(T, "the stream survives the restart");
+    assert_eq!(got, "after restart", "no message twice, none lost");
     assert_eq!(statuses, vec!["reconnecting", "joined"]);
     let rest = drain(&mut sub, Duration::from_millis(500));
     assert!(rest.is_empty(), "{rest:?}");
@@ -254,13 +216,7 @@ fn a_missing_room_answers_404_and_is_not_created(kind: Kind) {
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
     let (owner, pass) = ROOM_OWNER;
     let mut c = XmppClient::connect(&*server, owner, pass);
-    let jid = c.room_jid("ghost");
-    let reply = c.iq(
-        "d1",
-        &format!(
-            "<iq type='get' to='{jid}' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
-        ),
-    );
+    let reply = c.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

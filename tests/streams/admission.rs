@@ -4,20 +4,18 @@
 //! `400` on the wire.
 //!
 //! Clients come from different loopback addresses (all of 127.0.0.0/8 is local on Linux) by
-//! binding the source address before `connect`, which std cannot do: hence the libc calls.
-
-use crate::common;
+//! binding the source address before `connect`, which std cannot do (`testkit::sock`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::prosody::Prosody;
-use common::sse::{http_get, http_raw};
+use testkit::daemon::Daemon;
+use testkit::prosody::Prosody;
+use testkit::sock;
+use testkit::sse::{http_get, http_raw};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -46,73 +44,27 @@ fn raise_nofile(want: u64) {
 /// Like [`connect_from`], with `SO_RCVBUF` set before the handshake (so the window the peer
 /// sees is small from the start).
 fn connect_with_rcvbuf(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only: {to}")
+    let opts = sock::Opts {
+        from: Some(from),
+        rcvbuf: Some(rcvbuf),
+        ..sock::Opts::default()
     };
-    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let (local, remote) = (addr(from, 0), addr(*to.ip(), to.port()));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: as in `try_connect_from`; `rcvbuf` is a live i32.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const rcvbuf).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        ) == 0
-            && libc::bind(fd, (&raw const local).cast(), len) == 0
-            && libc::connect(fd, (&raw const remote).cast(), len) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            panic!("connect {from} -> {to}: {e}");
-        }
-        TcpStream::from_raw_fd(fd)
-    }
+    sock::connect(to, opts)
 }
 
 /// A TCP connection to `to` from `from` (any port).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    try_connect_from(from, to).unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"))
+    sock::connect(to, from_opts(from))
 }
 
 fn try_connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only: {to}")
-    };
-    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let (local, remote) = (addr(from, 0), addr(*to.ip(), to.port()));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket syscalls on a descriptor owned here until handed to `TcpStream` (or
-    // closed on error); the address pointers refer to live locals of the stated length.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = libc::bind(fd, (&raw const local).cast(), len) == 0
-            && libc::connect(fd, (&raw const remote).cast(), len) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(TcpStream::from_raw_fd(fd))
+    sock::try_connect(to, from_opts(from))
+}
+
+fn from_opts(from: Ipv4Addr) -> sock::Opts {
+    sock::Opts {
+        from: Some(from),
+        ..sock::Opts::default()
     }
 }
 
@@ -403,25 +355,18 @@ fn sockstat() -> (u64, u64) {
 
 /// The kernel part of the ceiling `--check-config` prints, in bytes.
 fn kernel_ceiling(daemon: &Daemon) -> u64 {
-    let out = std::process::Command::new(common::daemon::bin())
-        .arg("--config")
-        .arg(daemon.config_path())
-        .arg("--check-config")
-        .output()
-        .expect("run --check-config");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("# kernel socket memory ceiling: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            // Measuring the kernel's own default (`ADMISSION_SEND_BUFFER=0`): no ceiling.
-            assert!(
-                std::env::var("ADMISSION_SEND_BUFFER").is_ok_and(|v| v == "0"),
-                "no kernel ceiling in --check-config output:\n{text}"
-            );
-            u64::MAX
-        })
+    let (value, text) = testkit::fake_upstream::check_config_figure(
+        daemon.config_path(),
+        "# kernel socket memory ceiling: ",
+    );
+    value.unwrap_or_else(|| {
+        // Measuring the kernel's own default (`ADMISSION_SEND_BUFFER=0`): no ceiling.
+        assert!(
+            std::env::var("ADMISSION_SEND_BUFFER").is_ok_and(|v| v == "0"),
+            "no kernel ceiling in --check-config output:\n{text}"
+        );
+        u64::MAX
+    })
 }
 
 /// A subscriber that never reads, with a small receive buffer (so its own side holds little
@@ -463,7 +408,7 @@ fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let extra = match std::env::var("ADMISSION_SEND_BUFFER") {
         Ok(v) => format!("history = 0\nmax_subscribers = 110\nsend_buffer_bytes = {v}"),
@@ -471,8 +416,8 @@ fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
     };
     let daemon = Daemon::start(&prosody, &["lobby"], &extra);
     let ceiling = kernel_ceiling(&daemon);
-    let mut live: Vec<common::sse::SseClient> = (0..3)
-        .map(|_| common::sse::SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
+    let mut live: Vec<testkit::sse::SseClient> = (0..3)
+        .map(|_| testkit::sse::SseClient::connect(daemon.http, "/eventsource/lobby", &[]))
         .collect();
     let (base, base_orphans) = sockstat();
     let stalled: Vec<TcpStream> = (1..=STALLED).map(|i| stalled(&daemon, i)).collect();
@@ -580,7 +525,7 @@ fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nring_bytes = 65536");
     // A reader on a modest link: a 16 KiB receive buffer, 8 KiB reads about every
@@ -588,7 +533,7 @@ fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
     let mut sock = connect_with_rcvbuf(Ipv4Addr::new(127, 6, 0, 1), daemon.http, 16384);
     sock.write_all(request("lobby").as_bytes()).unwrap();
     let reader = std::thread::spawn(move || {
-        let mut parser = common::sse::SseParser::new();
+        let mut parser = testkit::sse::SseParser::new();
         let mut got = Vec::new();
         let mut chunk = vec![0u8; 8192];
         sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -656,7 +601,7 @@ fn seq_of(data: &str) -> Option<usize> {
 /// Reads message events until `deadline` (or until message `until` arrives: then `true`),
 /// noting their numbers and the last event id.
 fn read_numbered(
-    sub: &mut common::sse::SseClient,
+    sub: &mut testkit::sse::SseClient,
     seen: &mut Vec<usize>,
     last_id: &mut String,
     until: Option<usize>,
@@ -679,10 +624,10 @@ fn read_numbered(
 
 /// Connects like an EventSource: a connection closed unanswered is retried (after 100 ms
 /// here; a browser waits `retry:`), anything but 200 fails. Gives up after 10 s.
-fn eventsource(addr: SocketAddr, headers: &[(&str, &str)]) -> common::sse::SseClient {
+fn eventsource(addr: SocketAddr, headers: &[(&str, &str)]) -> testkit::sse::SseClient {
     let deadline = Instant::now() + T;
     loop {
-        let sub = common::sse::SseClient::try_connect(addr, "/eventsource/lobby", headers);
+        let sub = testkit::sse::SseClient::try_connect(addr, "/eventsource/lobby", headers);
         match sub {
             Ok(sub) => {
                 assert_eq!(sub.status(), 200);
@@ -705,7 +650,7 @@ fn a_reconnect_storm_while_messages_flow_loses_nothing() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
     prosody.register("alice", "pw");
-    let mut alice = common::xmpp::XmppClient::connect(&prosody, "alice", "pw");
+    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let addr = daemon.http;

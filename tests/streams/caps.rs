@@ -3,14 +3,12 @@
 //! it give up for good), other clients with 503 and Retry-After; a client address over its
 //! connection cap is closed unanswered (a network error, which EventSources retry).
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_raw, http_request};
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_raw, http_request};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -30,9 +28,9 @@ fn a_full_room_answers_browsers_with_retry_and_others_with_503() {
     );
     let event = browser.next_event(T).expect("a status event");
     assert_eq!(event.event_type, "status");
-    let json = Json::parse(&event.data).unwrap();
+    let json = json::parse(&event.data).unwrap();
     assert_eq!(
-        json.get("status").and_then(Json::as_str),
+        json.get("status").and_then(Value::as_str),
         Some("unavailable")
     );
     assert_eq!(browser.parser.retry, Some(10_000));
@@ -40,7 +38,7 @@ fn a_full_room_answers_browsers_with_retry_and_others_with_503() {
     let (status, headers, _) = http_request(daemon.http, "GET", "/eventsource/lobby", &[]);
     assert_eq!(status, 503);
     assert_eq!(
-        common::sse::find_header(&headers, "retry-after"),
+        testkit::sse::find_header(&headers, "retry-after"),
         Some("10")
     );
     // Other rooms are not affected; a freed place is taken again.

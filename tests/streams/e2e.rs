@@ -2,15 +2,13 @@
 //! (the release-like binary Cargo built) republishes them, and SSE clients parse the streams
 //! with a WHATWG-conformant parser.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_get, http_raw};
-use common::xmpp::{XmppClient, normalize_newlines};
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_get, http_raw};
+use testkit::xmpp::{XmppClient, normalize_newlines};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -28,11 +26,21 @@ fn setup() -> (Prosody, XmppClient, Daemon) {
 
 /// The `{"nick","body"}` payload of an unnamed event, checked for exactly those keys.
 fn payload(data: &str) -> (String, String) {
-    let json = Json::parse(data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {data:?}"));
-    assert_eq!(json.keys(), vec!["nick", "body"], "payload keys of {data}");
+    let json = json::parse(data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {data:?}"));
+    assert_eq!(
+        json::keys(&json),
+        vec!["nick", "body"],
+        "payload keys of {data}"
+    );
     (
-        json.get("nick").and_then(Json::as_str).unwrap().to_string(),
-        json.get("body").and_then(Json::as_str).unwrap().to_string(),
+        json.get("nick")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string(),
+        json.get("body")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string(),
     )
 }
 
@@ -135,7 +143,7 @@ fn rooms_are_isolated_and_bodyless_messages_send_no_message_event() {
     alice.send_raw(&format!(
         "<message to='{room}' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
     ));
-    let (user, pass) = common::prosody::ROOM_OWNER;
+    let (user, pass) = testkit::prosody::ROOM_OWNER;
     let mut owner = XmppClient::connect(&prosody, user, pass);
     owner.join("lobby", user);
     owner.set_subject("lobby", "a new subject");
@@ -146,12 +154,12 @@ fn rooms_are_isolated_and_bodyless_messages_send_no_message_event() {
     assert_eq!(types, vec!["message", "subject", "message"]);
     assert_eq!(payload(&events[0].data).1, "for lobby");
     assert_eq!(payload(&events[2].data).1, "lobby again");
-    let subject = Json::parse(&events[1].data).unwrap();
+    let subject = json::parse(&events[1].data).unwrap();
     assert_eq!(
-        subject.get("subject").and_then(Json::as_str),
+        subject.get("subject").and_then(Value::as_str),
         Some("a new subject")
     );
-    assert_eq!(subject.get("nick").and_then(Json::as_str), Some("owner"));
+    assert_eq!(subject.get("nick").and_then(Value::as_str), Some("owner"));
     let got: Vec<String> = news
         .collect(1, T)
         .iter()
@@ -273,11 +281,7 @@ fn a_room_that_does_not_exist_is_not_created() {
     assert_eq!(http_get(daemon.http, "/eventsource/ghost").0, 404);
     prosody.register("bob", "bobpass");
     let mut bob = XmppClient::connect(&prosody, "bob", "bobpass");
-    let jid = bob.room_jid("ghost");
-    let reply = bob.iq(
-        "disco1",
-        &format!("<iq type='get' to='{jid}' id='disco1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
-    );
+    let reply = bob.disco_info("ghost");
     assert!(
         reply.contains("item-not-found"),
         "the room was created: {reply}"

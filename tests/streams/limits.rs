@@ -3,17 +3,15 @@
 //! request heads over `max_head_bytes`. Real clients must keep being served, the abusers get a
 //! status (or the door) within the configured time, and nothing grows past its table.
 
-use crate::common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, http_raw};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, http_raw};
+use testkit::xmpp::XmppClient;
 
 const T: Duration = Duration::from_secs(10);
 const MAX_PENDING: usize = 32;
@@ -36,10 +34,10 @@ fn next_body(sub: &mut SseClient, daemon: &Daemon) -> String {
         let left = deadline.saturating_duration_since(Instant::now());
         match sub.next_event(left) {
             Some(e) if e.event_type == "message" => {
-                return Json::parse(&e.data)
+                return json::parse(&e.data)
                     .unwrap()
                     .get("body")
-                    .and_then(Json::as_str)
+                    .and_then(Value::as_str)
                     .unwrap()
                     .to_string();
             }
@@ -260,7 +258,7 @@ fn full_subscriber_table_answers_503_and_keeps_the_others_streaming() {
     drop(fifth);
     assert!(daemon.log().contains("subscriber table full"));
     // Plain requests are not subscribers: still answered.
-    assert_eq!(common::sse::http_get(daemon.http, "/").0, 200);
+    assert_eq!(testkit::sse::http_get(daemon.http, "/").0, 200);
 
     alice.send_groupchat("lobby", "to the three");
     for sub in subs.iter_mut() {

@@ -2,17 +2,15 @@
 //! (rooms, subscribers, multi-room streams, pending requests, full rings of large events,
 //! stalled readers) and its peak RSS (VmHWM) must stay under the printed ceiling.
 
-use crate::common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{Daemon, bin};
-use common::prosody::Prosody;
-use common::sse::SseClient;
-use common::xmpp::XmppClient;
+use testkit::daemon::{Daemon, bin};
+use testkit::prosody::Prosody;
+use testkit::sse::SseClient;
+use testkit::xmpp::XmppClient;
 
 const ROOMS: [&str; 3] = ["r1", "r2", "r3"];
 

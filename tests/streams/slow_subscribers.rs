@@ -6,19 +6,16 @@
 //! be dropped once they fall more than the ring (`ring_events`) behind; and the daemon's
 //! resident memory must stay below the ceiling `--check-config` prints for that config.
 
-use crate::common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
-use common::json::Json;
-use common::prosody::Prosody;
-use common::sse::{SseClient, SseParser};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::fake_upstream::{check_config_ceiling, vm_hwm_kib, vm_rss_kib};
+use testkit::json::{self, Value};
+use testkit::prosody::Prosody;
+use testkit::sse::{SseClient, SseParser};
+use testkit::xmpp::XmppClient;
 
 const STALLED: usize = 100;
 const FAST: usize = 1000;
@@ -26,66 +23,23 @@ const MESSAGES: usize = 500;
 const BODY_BYTES: usize = 200;
 /// Receive buffer asked for on the stalled subscribers: the kernel raises it to its minimum
 /// (about 4.5 KiB), so their window closes after a few segments.
-const STALLED_RCVBUF: i32 = 1;
+const STALLED_RCVBUF: libc::c_int = 1;
 /// Maximum segment size of the stalled subscribers' connections. Measured on Linux 6 with BBR:
 /// a stalled subscriber then holds about 14 KB (58 events) before the daemon's writes block,
 /// against ~170 KB with the defaults (which would swallow this whole test's 135 KB stream).
-const STALLED_MSS: i32 = 384;
-
-// Linux socket FFI (std offers no way to set socket options before `connect`).
-const AF_INET: i32 = 2;
-const SOCK_STREAM_CLOEXEC: i32 = 1 | 0o2000000;
-const SOL_SOCKET: i32 = 1;
-const SO_RCVBUF: i32 = 8;
-const IPPROTO_TCP: i32 = 6;
-const TCP_MAXSEG: i32 = 2;
-
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    /// Network byte order.
-    port: u16,
-    /// Network byte order.
-    addr: u32,
-    zero: [u8; 8],
-}
-
-unsafe extern "C" {
-    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
-    fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
-    fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
-    fn close(fd: i32) -> i32;
-}
+const STALLED_MSS: libc::c_int = 384;
 
 /// A TCP connection to `addr` whose receive buffer (`SO_RCVBUF`) and maximum segment size
 /// (`TCP_MAXSEG`) are set before the handshake, like a client on a slow, small-MTU link: the
 /// small MSS also keeps the daemon's send buffer from auto-tuning to the hundreds of KiB a
 /// loopback (64 KiB MSS) connection gets, so a reader that stops fills both ends quickly.
-fn slow_link(addr: std::net::SocketAddr, rcvbuf: i32, mss: i32) -> TcpStream {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only: {addr}");
+fn slow_link(addr: std::net::SocketAddr, rcvbuf: libc::c_int, mss: libc::c_int) -> TcpStream {
+    let opts = testkit::sock::Opts {
+        rcvbuf: Some(rcvbuf),
+        mss: Some(mss),
+        ..Default::default()
     };
-    let sa = SockaddrIn {
-        family: AF_INET as u16,
-        port: v4.port().to_be(),
-        addr: u32::from(*v4.ip()).to_be(),
-        zero: [0; 8],
-    };
-    // SAFETY: plain socket syscalls on a descriptor this function owns until it is handed to
-    // `TcpStream` (or closed on error); every pointer refers to a live local of the stated size.
-    unsafe {
-        let fd = socket(AF_INET, SOCK_STREAM_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let ok = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, 4) == 0
-            && setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, 4) == 0
-            && connect(fd, &sa, std::mem::size_of::<SockaddrIn>() as u32) == 0;
-        if !ok {
-            let e = std::io::Error::last_os_error();
-            close(fd);
-            panic!("slow_link to {addr}: {e}");
-        }
-        TcpStream::from_raw_fd(fd)
-    }
+    testkit::sock::connect(addr, opts)
 }
 
 /// Connects, shrinks the receive buffer, sends the request and reads only the response head
@@ -116,9 +70,9 @@ fn stalled_subscriber(daemon: &Daemon) -> TcpStream {
 }
 
 fn message_body(data: &str) -> String {
-    Json::parse(data)
+    json::parse(data)
         .ok()
-        .and_then(|j| j.get("body").and_then(Json::as_str).map(String::from))
+        .and_then(|j| j.get("body").and_then(Value::as_str).map(String::from))
         .unwrap_or_default()
 }
 

@@ -4,14 +4,12 @@
 //! invalid UTF-8), the SSE/HTTP clients against a scripted local TCP server (raw, chunked and
 //! Content-Length bodies), and the JSON checker.
 
-use crate::common;
-
-use common::json::{Json, json_str};
-use common::sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
+use testkit::json::{self, Value, json_str};
+use testkit::sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request, parse_sse};
 
 fn ev(data: &str) -> SseEvent {
     SseEvent {
@@ -28,13 +26,9 @@ fn ev_id(data: &str, id: &str) -> SseEvent {
     }
 }
 
-fn parse_all(input: &[u8]) -> Vec<SseEvent> {
-    SseParser::new().feed(input)
-}
-
 /// Feeds `input` split at every possible pair of positions; every split must give `expected`.
 fn assert_all_splits(input: &[u8], expected: &[SseEvent]) {
-    assert_eq!(parse_all(input), expected, "unsplit {input:?}");
+    assert_eq!(parse_sse(input), expected, "unsplit {input:?}");
     for i in 0..=input.len() {
         for j in i..=input.len() {
             let mut p = SseParser::new();
@@ -115,8 +109,8 @@ fn lf_cr_is_two_line_ends() {
 
 #[test]
 fn no_blank_line_no_event() {
-    assert!(parse_all(b"data: x\n").is_empty());
-    assert!(parse_all(b"data: x").is_empty());
+    assert!(parse_sse(b"data: x\n").is_empty());
+    assert!(parse_sse(b"data: x").is_empty());
 }
 
 // --- Fields ------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ fn field_without_colon_has_empty_value() {
 #[test]
 fn event_type_is_used_then_reset() {
     let input = b"event: add\ndata: 1\n\ndata: 2\n\n";
-    let got = parse_all(input);
+    let got = parse_sse(input);
     assert_eq!(got[0].event_type, "add");
     assert_eq!(got[1].event_type, "message");
     assert_all_splits(input, &got);
@@ -146,7 +140,7 @@ fn event_type_is_used_then_reset() {
 
 #[test]
 fn empty_data_buffer_dispatches_nothing_and_resets_type() {
-    let got = parse_all(b"event: lonely\n\ndata: x\n\n");
+    let got = parse_sse(b"event: lonely\n\ndata: x\n\n");
     assert_eq!(got, vec![ev("x")]);
 }
 
@@ -214,9 +208,9 @@ fn leading_bom_stripped_once_even_when_split() {
 #[test]
 fn bom_prefix_that_is_not_a_bom() {
     // EF BB followed by something else: invalid UTF-8, replaced, not stripped.
-    let got = parse_all(b"\xEF\xBBdata: a\n\ndata: b\n\n");
+    let got = parse_sse(b"\xEF\xBBdata: a\n\ndata: b\n\n");
     assert_eq!(got, vec![ev("b")]);
-    let got = parse_all(b"data: \xEF\xBB\n\n");
+    let got = parse_sse(b"data: \xEF\xBB\n\n");
     assert_eq!(got, vec![ev("\u{FFFD}")]);
 }
 
@@ -235,7 +229,7 @@ fn multibyte_characters_split_across_chunks() {
 #[test]
 fn json_data_like_mod_muc_eventsource() {
     let input = b"data: {\"nick\":\"alice\",\"body\":\"hi\\nthere\"}\n\n";
-    let got = parse_all(input);
+    let got = parse_sse(input);
     assert_eq!(got.len(), 1);
     assert_eq!(json_str(&got[0].data, "nick"), "alice");
     assert_eq!(json_str(&got[0].data, "body"), "hi\nthere");
@@ -246,11 +240,11 @@ fn json_data_like_mod_muc_eventsource() {
 #[test]
 fn json_accepts_valid_and_rejects_invalid() {
     let v =
-        Json::parse(r#" {"a": [1, -2.5e+3, true, null, "x\u00e9\ud83c\udf89\"\\\/"], "b": {}} "#)
+        json::parse(r#" {"a": [1, -2.5e+3, true, null, "x\u00e9\ud83c\udf89\"\\\/"], "b": {}} "#)
             .expect("valid");
-    assert_eq!(v.keys(), vec!["a", "b"]);
+    assert_eq!(json::keys(&v), vec!["a", "b"]);
     match v.get("a") {
-        Some(Json::Array(items)) => assert_eq!(items[4], Json::Str("xé🎉\"\\/".into())),
+        Some(Value::Array(items)) => assert_eq!(items[4], Value::String("xé🎉\"\\/".into())),
         other => panic!("{other:?}"),
     }
     for bad in [
@@ -268,7 +262,7 @@ fn json_accepts_valid_and_rejects_invalid() {
         "{\"a\":1} x",
         "nul",
     ] {
-        assert!(Json::parse(bad).is_err(), "accepted {bad:?}");
+        assert!(json::parse(bad).is_err(), "accepted {bad:?}");
     }
 }
 
@@ -375,7 +369,7 @@ fn http_get_content_length_and_until_close() {
     let (status, headers, body) = http_get(addr, "/nope");
     assert_eq!(status, 404);
     assert_eq!(body, "not found");
-    assert_eq!(common::sse::find_header(&headers, "x-a"), Some("b"));
+    assert_eq!(testkit::sse::find_header(&headers, "x-a"), Some("b"));
     let req = server.join().unwrap();
     assert!(req.contains("Connection: close"), "{req}");
 

@@ -3,43 +3,17 @@
 //! duplicates across an upstream restart, stanza-ids as event ids (with `mod_muc_mam`), status
 //! and subject events, heartbeat comments, and what a destroyed room does to its streams.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::json::Json;
-use common::prosody::{Prosody, ROOM_OWNER};
-use common::sse::{SseClient, SseEvent, http_get};
-use common::xmpp::XmppClient;
+use testkit::daemon::Daemon;
+use testkit::json;
+use testkit::prosody::{Prosody, ROOM_OWNER};
+use testkit::sse::{SseClient, SseEvent, http_get};
+use testkit::sse::{bodies, body, field};
+use testkit::xmpp::XmppClient;
+use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
-
-fn body(event: &SseEvent) -> String {
-    assert_eq!(event.event_type, "message", "{event:?}");
-    Json::parse(&event.data)
-        .unwrap()
-        .get("body")
-        .and_then(Json::as_str)
-        .unwrap()
-        .to_string()
-}
-
-fn bodies(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.event_type == "message")
-        .map(body)
-        .collect()
-}
-
-fn field(event: &SseEvent, key: &str) -> Option<String> {
-    Json::parse(&event.data)
-        .ok()?
-        .get(key)
-        .and_then(Json::as_str)
-        .map(str::to_string)
-}
 
 fn user(prosody: &Prosody, name: &str, room: &str) -> XmppClient {
     prosody.register(name, "pw");
@@ -168,19 +142,8 @@ fn history_seeds_the_ring_and_an_upstream_restart_duplicates_nothing() {
     let mut alice = XmppClient::connect(&prosody, "alice", "pw");
     alice.join("lobby", "alice");
     alice.send_groupchat("lobby", "after restart");
-    let mut statuses = Vec::new();
-    let mut got = Vec::new();
-    while got.is_empty() {
-        let e = sub
-            .next_event(T)
-            .expect("the stream survives the upstream restart");
-        match e.event_type.as_str() {
-            "status" => statuses.push(field(&e, "status").unwrap()),
-            "message" => got.push(body(&e)),
-            other => panic!("unexpected {other} event: {e:?}"),
-        }
-    }
-    assert_eq!(got, vec!["after restart"], "no history message came twice");
+    let (statuses, got) = sub.statuses_then_message(T, "the stream survives the upstream restart");
+    assert_eq!(got, "after restart", "no history message came twice");
     assert_eq!(statuses, vec!["reconnecting", "joined"]);
     assert!(sub.next_event(Duration::from_millis(500)).is_none());
 }
@@ -195,12 +158,7 @@ fn stanza_ids_are_the_event_ids_when_the_room_has_mam() {
     std::thread::sleep(Duration::from_millis(200));
     alice.send_groupchat("lobby", "archived");
     let echoed = alice.wait_for("archived", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .expect("Prosody stamps a stanza-id with mod_muc_mam");
+    let stanza_id = stanza_id(&echoed).expect("Prosody stamps a stanza-id with mod_muc_mam");
     let event = sub.next_event(T).unwrap();
     assert_eq!(body(&event), "archived");
     assert_eq!(event.last_event_id, stanza_id);
@@ -276,13 +234,7 @@ fn join_leave_on_request_corrections_and_retractions() {
         "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
     ));
     let echoed = alice.wait_for("helo", T);
-    let stanza_id = echoed
-        .split("<stanza-id")
-        .nth(1)
-        .and_then(|s| s.split("id='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .unwrap()
-        .to_string();
+    let stanza_id = stanza_id(&echoed).unwrap();
     // Both streams have the message before it is corrected and retracted: the events of one
     // upstream read go out together, and a message retracted before it was sent is never sent.
     let mut events_all = all.collect(2, T);
@@ -352,8 +304,8 @@ fn several_rooms_on_one_stream_resume_every_room() {
     );
     assert_eq!(bodies(&events), vec!["l1", "n1", "l2"]);
     // Still the mod_muc_eventsource fields, plus "room".
-    let json = Json::parse(&events[0].data).unwrap();
-    assert_eq!(json.keys(), vec!["room", "nick", "body"]);
+    let json = json::parse(&events[0].data).unwrap();
+    assert_eq!(json::keys(&json), vec!["room", "nick", "body"]);
     let last = events[2].last_event_id.clone();
     assert!(
         last.starts_with("lobby=") && last.contains("&news="),

@@ -9,8 +9,8 @@
 //! and attribute values with `&amp; &lt; &gt; &quot; &apos;`; needles given to
 //! [`XmppClient::wait_for`] must be written accordingly.
 
-use super::server::Server;
-use super::tail;
+use crate::server::Server;
+use crate::tail;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -85,7 +85,7 @@ impl XmppClient {
         let id = c.id("bind");
         c.send_raw(&format!(
             "<iq type='set' id='{id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>test-{}</resource></bind></iq>",
-            super::random_hex(4)
+            crate::random_hex(4)
         ));
         let reply = c.wait_iq(&id, TIMEOUT);
         if stanza_attr(&reply, "type").as_deref() != Some("result") {
@@ -285,6 +285,19 @@ impl XmppClient {
         self.wait_iq(id, TIMEOUT)
     }
 
+    /// Sends a disco#info query to room `room_node` and returns the reply (result or error,
+    /// e.g. `item-not-found` for a room that does not exist).
+    pub fn disco_info(&mut self, room_node: &str) -> String {
+        let id = self.id("disco");
+        let jid = self.room_jid(room_node);
+        self.iq(
+            &id,
+            &format!(
+                "<iq type='get' to='{jid}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+        )
+    }
+
     /// Waits for the `<iq>` reply with `id` and returns that stanza (result or error).
     pub fn wait_iq(&mut self, id: &str, timeout: Duration) -> String {
         self.wait_match(
@@ -420,22 +433,10 @@ impl XmppClient {
 
     fn split_stanzas(&mut self) {
         loop {
-            // Skip whitespace keepalives between stanzas.
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
-            if self.buf.is_empty() {
-                return;
-            }
-            let Some(end) = scan_element(&self.buf, self.in_stream) else {
+            let Some((kind, text)) = cut_element(&mut self.buf, self.in_stream) else {
                 return;
             };
-            let text = String::from_utf8_lossy(&self.buf[..end.len]).into_owned();
-            self.buf.drain(..end.len);
-            match end.kind {
+            match kind {
                 Item::Prolog => {}
                 Item::StreamOpen => {
                     self.in_stream = true;
@@ -447,8 +448,26 @@ impl XmppClient {
     }
 }
 
+/// Drops leading whitespace (keepalives) from `buf`, then cuts the first complete top-level
+/// item off it ([`scan_element`]); `None` (and `buf` kept) while it is incomplete.
+pub(crate) fn cut_element(buf: &mut Vec<u8>, in_stream: bool) -> Option<(Item, String)> {
+    let start = buf
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(buf.len());
+    buf.drain(..start);
+    if buf.is_empty() {
+        return None;
+    }
+    let found = scan_element(buf, in_stream)?;
+    let text = String::from_utf8_lossy(&buf[..found.len]).into_owned();
+    buf.drain(..found.len);
+    Some((found.kind, text))
+}
+
+/// What [`scan_element`] found at the start of a buffer.
 #[derive(Debug, PartialEq)]
-enum Item {
+pub(crate) enum Item {
     /// `<?xml …?>`
     Prolog,
     /// `<stream:stream …>` (never closed until the end of the stream).
@@ -457,14 +476,15 @@ enum Item {
     Element,
 }
 
-struct Scanned {
-    len: usize,
-    kind: Item,
+pub(crate) struct Scanned {
+    pub(crate) len: usize,
+    pub(crate) kind: Item,
 }
 
 /// Finds the end of the first top-level item in `buf` (which starts with `<`).
-/// `None` if it is not complete yet.
-fn scan_element(buf: &[u8], in_stream: bool) -> Option<Scanned> {
+/// `None` if it is not complete yet. The one XML tag scanner of the harness: the c2s client and
+/// the fake upstream (which reads the daemon's side of the component stream) both cut with it.
+pub(crate) fn scan_element(buf: &[u8], in_stream: bool) -> Option<Scanned> {
     if buf.starts_with(b"<?") {
         let end = find(buf, b"?>")?;
         return Some(Scanned {
@@ -572,6 +592,13 @@ pub fn stanza_attr(stanza: &str, name: &str) -> Option<String> {
         }
         rest = &rest[end + 1..];
     }
+}
+
+/// The `id` of the first `<stanza-id>` child in `stanza` (the archive id a server with
+/// mod_muc_mam stamps on a room message), if there is one.
+pub fn stanza_id(stanza: &str) -> Option<String> {
+    let at = stanza.find("<stanza-id")?;
+    stanza_attr(&stanza[at..], "id")
 }
 
 /// CRLF and lone CR to LF, as an XML parser does with literal line ends.

@@ -5,8 +5,8 @@
 //! [`Kind::start`] starts either with MUC archives on (so room messages carry stanza-ids on
 //! both); tests written once against `&dyn Server` run on both (see `tests/servers/servers.rs`).
 
-use super::ejabberd::Ejabberd;
-use super::prosody::Prosody;
+use crate::ejabberd::Ejabberd;
+use crate::prosody::Prosody;
 use std::net::SocketAddr;
 
 /// An XMPP server with c2s, a MUC service and the daemon's component, bound to 127.0.0.1.
@@ -27,7 +27,7 @@ pub trait Server {
     fn component_addr(&self) -> SocketAddr;
     /// Registers `user@localhost` with `pass`; an existing account is fine.
     fn register(&self, user: &str, pass: &str);
-    /// Creates persistent public rooms, owned by [`super::prosody::ROOM_OWNER`] (join as it to
+    /// Creates persistent public rooms, owned by [`crate::prosody::ROOM_OWNER`] (join as it to
     /// configure them). muc-eventsource never creates rooms: call this before the daemon.
     fn create_rooms(&self, rooms: &[&str]);
     /// Stops the server and starts it again on the same ports and data.

@@ -38,6 +38,40 @@ pub struct SseEvent {
     pub last_event_id: String,
 }
 
+/// Parses a whole stream given in one piece.
+pub fn parse_sse(bytes: &[u8]) -> Vec<SseEvent> {
+    SseParser::new().feed(bytes)
+}
+
+/// The string member `key` of an event's JSON data, if the data is a JSON object that has one.
+pub fn field(event: &SseEvent, key: &str) -> Option<String> {
+    data_field(&event.data, key)
+}
+
+/// The string member `key` of the JSON object `data`, if it is one and has it.
+pub fn data_field(data: &str, key: &str) -> Option<String> {
+    crate::json::parse(data)
+        .ok()?
+        .get(key)
+        .and_then(crate::json::Value::as_str)
+        .map(str::to_string)
+}
+
+/// The `body` of a `message` event; panics, showing the event, on any other event.
+pub fn body(event: &SseEvent) -> String {
+    assert_eq!(event.event_type, "message", "{event:?}");
+    field(event, "body").unwrap_or_else(|| panic!("no body in the JSON data: {event:?}"))
+}
+
+/// The bodies of the `message` events among `events`, in order.
+pub fn bodies(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event_type == "message")
+        .map(body)
+        .collect()
+}
+
 /// Incremental event-stream parser; feed it bytes split anywhere.
 #[derive(Debug, Default)]
 pub struct SseParser {
@@ -471,12 +505,35 @@ impl SseClient {
         loop {
             let e = self.next_event(timeout)?;
             if e.event_type == "message" {
-                let json = super::json::Json::parse(&e.data).expect("message data is JSON");
+                let json = crate::json::parse(&e.data).expect("message data is JSON");
                 return Some(
                     json.get("body")
-                        .and_then(super::json::Json::as_str)?
+                        .and_then(crate::json::Value::as_str)?
                         .to_string(),
                 );
+            }
+        }
+    }
+
+    /// Reads up to the first `message` event: the `status` values of the status events before
+    /// it, and its body. Panics, naming `what`, when an event takes over `timeout` or has
+    /// another type.
+    pub fn statuses_then_message(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> (Vec<String>, String) {
+        let mut statuses = Vec::new();
+        loop {
+            let e = self
+                .next_event(timeout)
+                .unwrap_or_else(|| panic!("{what}: no event within {timeout:?}"));
+            match e.event_type.as_str() {
+                "status" => statuses.push(
+                    field(&e, "status").unwrap_or_else(|| panic!("{what}: no status in {e:?}")),
+                ),
+                "message" => return (statuses, body(&e)),
+                other => panic!("{what}: unexpected {other} event: {e:?}"),
             }
         }
     }

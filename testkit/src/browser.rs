@@ -30,7 +30,7 @@
 //!   `--virtual-time-budget` does not help: virtual time never advances while an `EventSource`
 //!   is open, and Chromium hangs.
 
-use super::{TempDir, tail};
+use crate::{TempDir, tail};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,4 +1,5 @@
-//! Integration-test harness shared by every `tests/*.rs` file (`mod common;`).
+//! The test harness (dev-only crate `testkit`, `publish = false`) shared by the integration
+//! tests (`tests/*.rs`), the fanout bench and the demo example.
 //!
 //! Owns the small utilities every part of the harness needs: [`free_port`], [`TempDir`],
 //! [`random_hex`], [`tail`], plus the re-exports of the harness modules:
@@ -8,30 +9,34 @@
 //! - [`xmpp`]: a blocking c2s client that joins rooms and sends messages;
 //! - [`sse`]: a WHATWG-conformant event-stream parser and a raw HTTP/SSE client;
 //! - [`daemon`]: the `muc-eventsource` binary under test, configured against a [`Server`];
-//! - [`json`]: a strict JSON parser for checking event data;
+//! - [`sha1`]: SHA-1 for the component handshake, independent of the daemon's;
+//! - [`sock`]: client sockets with a source address, `SO_RCVBUF` or `TCP_MAXSEG` set;
+//! - [`nginx`]: nginx as a reverse proxy, stopped gracefully with its worker;
+//! - [`json`]: the JSON reader for checking event data (`serde_json`, strict, order kept);
 //! - [`procs`]: the check that no process outlives the test binary, and a graceful stop for
 //!   servers with workers.
 //!
 //! Everything is blocking and std-only; every wait is bounded and panics with the relevant log
 //! tail instead of hanging.
 
-#![allow(dead_code, unused_imports)]
-
 pub mod browser;
 pub mod daemon;
 pub mod ejabberd;
 pub mod fake_upstream;
 pub mod json;
+pub mod nginx;
 pub mod procs;
 pub mod prosody;
 pub mod relay;
 pub mod server;
+pub mod sha1;
+pub mod sock;
 pub mod sse;
 pub mod xmpp;
 
 pub use daemon::Daemon;
 pub use ejabberd::Ejabberd;
-pub use json::{Json, json_str};
+pub use json::json_str;
 pub use prosody::Prosody;
 pub use server::{Kind, Server};
 pub use sse::{SseClient, SseEvent, SseParser, http_get, http_raw, http_request};
@@ -70,6 +75,18 @@ pub fn random_hex(bytes: usize) -> String {
     }
     out.truncate(bytes * 2);
     out
+}
+
+/// Waits until `addr` accepts TCP connections; panics naming `what` after `timeout`.
+pub fn wait_for_listener(addr: std::net::SocketAddr, timeout: std::time::Duration, what: &str) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start listening on {addr} within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The last `lines` lines of `text` (for panic messages).

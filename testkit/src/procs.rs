@@ -1,7 +1,7 @@
 //! No process outlives a test binary: the guard that checks it, and a graceful stop for
 //! servers that fork workers (nginx).
 //!
-//! [`arm`] (called by [`super::TempDir::new`], which every harness resource that starts a
+//! [`arm`] (called by [`crate::TempDir::new`], which every harness resource that starts a
 //! process creates first) makes the test process a child subreaper, so a grandchild whose
 //! parent died (an nginx worker after its master was killed, a daemonized helper) becomes our
 //! child instead of init's and stays visible; and registers an `atexit` check that runs when
@@ -153,7 +153,7 @@ extern "C" fn check_at_exit() {
     if !leftovers.is_empty() {
         eprintln!(
             "\nerror: the test binary left {} process(es) running (now killed): {}\n\
-             Stop every process a test starts, and wait for it (see tests/common/procs.rs).",
+             Stop every process a test starts, and wait for it (see testkit/src/procs.rs).",
             leftovers.len(),
             describe(&leftovers)
         );
