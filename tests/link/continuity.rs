@@ -47,6 +47,16 @@ fn message(e: &SseEvent) -> Option<(String, String)> {
     Some((get("room").unwrap_or_default(), get("body")?))
 }
 
+/// The bodies of `room`'s messages on a multi-room stream, in order.
+fn room_bodies(events: &[SseEvent], room: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(message)
+        .filter(|(r, _)| r == room)
+        .map(|(_, b)| b)
+        .collect()
+}
+
 /// Reads events until `last` (a body) has come, or panics with what was read.
 fn read_through(sub: &mut SseClient, last: &str, what: &str) -> Vec<SseEvent> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,12 +214,7 @@ fn with_an_archive_every_message_arrives_exactly_once_across_two_outages() {
         events.extend(read_through(&mut multi, &last_news, "multi-room stream"));
     }
     for (room, want) in rooms.iter().zip(&expected) {
-        let got: Vec<String> = events
-            .iter()
-            .filter_map(message)
-            .filter(|(r, _)| r == room)
-            .map(|(_, b)| b)
-            .collect();
+        let got = room_bodies(&events, room);
         assert_eq!(&got, want, "multi-room stream, room {room}");
     }
     assert!(daemon.log().contains("filled"), "{}", daemon.log());
@@ -333,12 +338,7 @@ fn a_multi_room_resume_older_than_the_rings_is_filled_from_the_archives() {
         "the archives filled it: {events:?}"
     );
     for (room, want) in rooms.iter().zip(&missed) {
-        let got: Vec<String> = events
-            .iter()
-            .filter_map(message)
-            .filter(|(r, _)| r == room)
-            .map(|(_, b)| b)
-            .collect();
+        let got = room_bodies(&events, room);
         assert_eq!(
             &got, want,
             "room {room}: every missed message once, in order"
