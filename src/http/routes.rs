@@ -130,12 +130,11 @@ fn on_demand(head: &Head, config: &Config, room: &Room, cors: &str) -> Option<Ro
         return Some(answer(head, not_served()));
     }
     if !room.info.borrow().known {
-        return Some(Route::NotReady(try_later(
-            head,
-            cors,
-            "the room is being looked up",
-            5,
-        )));
+        let r = try_later(head, cors, "the room is being looked up", 5);
+        return Some(Route::NotReady(Reply {
+            head_only: head.method == Method::Head,
+            ..r
+        }));
     }
     if access::check_with(config, room, &credential) != Access::Allow {
         return Some(answer(head, not_served()));
@@ -552,6 +551,14 @@ mod tests {
             matches!(ask("/eventsource/hidden"), Route::NotReady(_)),
             "disco#info first"
         );
+        let Route::NotReady(r) = route(
+            &parse_test("HEAD /eventsource/hidden HTTP/1.1\r\n\r\n"),
+            &t,
+            &c,
+        ) else {
+            panic!("HEAD waits like GET");
+        };
+        assert!(r.head_only, "a HEAD answer has no body");
         t.room(hidden).info.borrow_mut().known = true;
         t.set_state(missing, JoinState::Failed(ROOM_MISSING));
         let (Route::Reply(a), Route::Reply(b)) =
