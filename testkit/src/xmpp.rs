@@ -38,6 +38,17 @@ pub struct XmppClient {
 }
 
 impl XmppClient {
+    /// A user of the tests: registers `name` (password `pw`), connects, and joins `rooms` as
+    /// `name`.
+    pub fn user(server: &dyn Server, name: &str, rooms: &[&str]) -> XmppClient {
+        server.register(name, "pw");
+        let mut c = XmppClient::connect(server, name, "pw");
+        for room in rooms {
+            c.join(room, name);
+        }
+        c
+    }
+
     /// Connects to the server's c2s port (Prosody or ejabberd) and logs in as
     /// `user@localhost` with `pass` (SASL PLAIN over plaintext, stream restart, resource bind,
     /// session if offered). Panics on failure.

@@ -20,15 +20,6 @@ use testkit::xmpp::stanza_id;
 const T: Duration = Duration::from_secs(10);
 const MAM: &str = r#"modules_enabled = { "muc_mam" }"#;
 
-fn user(prosody: &Prosody, name: &str, rooms: &[&str]) -> XmppClient {
-    prosody.register(name, "pw");
-    let mut c = XmppClient::connect(prosody, name, "pw");
-    for room in rooms {
-        c.join(room, name);
-    }
-    c
-}
-
 /// Sends `body` to `room` and returns the stanza-id Prosody stamped on it.
 fn post(alice: &mut XmppClient, room: &str, body: &str) -> String {
     alice.send_groupchat(room, body);
@@ -93,7 +84,7 @@ fn first_event(daemon: &Daemon, path: &str, headers: &[(&str, &str)]) -> (u16, O
 fn hostile_resume_ids_and_room_nodes_get_gap_or_404_and_the_link_stays_up() {
     let prosody = Prosody::start_with("", MAM);
     prosody.create_rooms(&["lobby", "news"]);
-    let mut alice = user(&prosody, "alice", &["lobby", "news"]);
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby", "news"]);
     let daemon = Daemon::start(
         &prosody,
         &["lobby", "news"],
@@ -218,7 +209,7 @@ fn hostile_resume_ids_and_room_nodes_get_gap_or_404_and_the_link_stays_up() {
 fn a_named_event_id_resumes_from_the_archive_after_its_message() {
     let prosody = Prosody::start_with("", MAM);
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", &["lobby"]);
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "ring_events = 4\nhistory = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));

@@ -233,9 +233,7 @@ fn a_real_eventsource_resumes_across_a_daemon_restart_with_every_message_once() 
 
     let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
 
     // One config, so the second daemon listens on the same port.
     let config = Daemon::config_text(&prosody, &["lobby"], "history = 20");

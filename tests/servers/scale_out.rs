@@ -180,9 +180,7 @@ fn a_browser_resumes_on_the_other_instance_with_every_message_once() {
         .collect();
     let prosody = Prosody::start_full("", r#"modules_enabled = { "muc_mam" }"#, &sections);
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
 
     let mut daemons: Vec<Daemon> = (1..=2)
         .map(|n| Daemon::spawn_raw(&instance_config(&prosody, n, &secret)))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use testkit::daemon::Daemon;
 use testkit::json::{self, Value};
 use testkit::prosody::ROOM_OWNER;
-use testkit::server::{Kind, Server};
+use testkit::server::Kind;
 use testkit::sse::{SseClient, SseEvent, http_get, http_request};
 use testkit::sse::{bodies, body, field};
 use testkit::xmpp::{XmppClient, stanza_attr, stanza_id};
@@ -47,13 +47,6 @@ both!(a_named_event_id_without_history_is_never_a_silent_loss);
 both!(an_on_demand_room_is_left_once_and_stays_left);
 both!(an_unknown_id_is_a_gap_not_a_replay_of_the_archive);
 
-fn user(server: &dyn Server, name: &str, room: &str) -> XmppClient {
-    server.register(name, "pw");
-    let mut c = XmppClient::connect(server, name, "pw");
-    c.join(room, name);
-    c
-}
-
 /// Sends `body` to `room` and returns the room's stanza-id for it, read from the echo (the
 /// room reflects the message with the sender's id).
 fn post(c: &mut XmppClient, room: &str, body: &str) -> String {
@@ -78,7 +71,7 @@ fn drain(sub: &mut SseClient, quiet: Duration) -> Vec<SseEvent> {
 fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind) {
     let server = kind.start();
     server.create_rooms(&["lobby"]);
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     let daemon = Daemon::start(&*server, &["lobby"], "history = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     assert_eq!(sub.status(), 200);
@@ -104,7 +97,7 @@ fn messages_stream_with_the_mod_muc_eventsource_shape_and_stanza_ids(kind: Kind)
 fn last_event_id_resumes_exactly_from_the_ring_and_the_archive(kind: Kind) {
     let server = kind.start();
     server.create_rooms(&["lobby"]);
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     let daemon = Daemon::start(&*server, &["lobby"], "ring_events = 4\nhistory = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -147,7 +140,7 @@ fn last_event_id_resumes_exactly_from_the_ring_and_the_archive(kind: Kind) {
 fn a_server_restart_under_a_subscriber_loses_and_repeats_nothing(kind: Kind) {
     let mut server = kind.start();
     server.create_rooms(&["lobby"]);
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     let daemon = Daemon::start(&*server, &["lobby"], "history = 10\nreconnect_max_secs = 2");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -160,7 +153,7 @@ fn a_server_restart_under_a_subscriber_loses_and_repeats_nothing(kind: Kind) {
         "{}",
         daemon.log_tail_block()
     );
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     post(&mut alice, "lobby", "after restart");
     let (statuses, got) = sub.statuses_then_message(T, "the stream survives the restart");
     assert_eq!(got, "after restart", "no message twice, none lost");
@@ -279,7 +272,7 @@ fn resume_after_restart_with_the_shutdown_id(
 ) -> (Vec<SseEvent>, Vec<String>, String) {
     let server = kind.start();
     server.create_rooms(&["lobby"]);
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     let config = Daemon::config_text(&*server, &["lobby"], &format!("history = {history}"));
     let mut first = Daemon::spawn_raw(&config);
     first.wait_ready(&["lobby"], T);
@@ -338,7 +331,7 @@ fn an_on_demand_room_is_left_once_and_stays_left(kind: Kind) {
 fn an_unknown_id_is_a_gap_not_a_replay_of_the_archive(kind: Kind) {
     let server = kind.start();
     server.create_rooms(&["lobby"]);
-    let mut alice = user(&*server, "alice", "lobby");
+    let mut alice = XmppClient::user(&*server, "alice", &["lobby"]);
     for i in 0..2 {
         post(&mut alice, "lobby", &format!("old {i}"));
     }

@@ -407,9 +407,7 @@ fn stalled_readers_of_large_events_stay_inside_the_kernel_ceiling() {
     raise_nofile(4096);
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = testkit::xmpp::XmppClient::user(&prosody, "alice", &["lobby"]);
     let extra = match std::env::var("ADMISSION_SEND_BUFFER") {
         Ok(v) => format!("history = 0\nmax_subscribers = 110\nsend_buffer_bytes = {v}"),
         Err(_) => "history = 0\nmax_subscribers = 110".to_string(),
@@ -524,9 +522,7 @@ fn a_reader_of_events_larger_than_the_ring_is_not_lapped_mid_frame() {
     const BODY: usize = 150_000;
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = testkit::xmpp::XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nring_bytes = 65536");
     // A reader on a modest link: a 16 KiB receive buffer, 8 KiB reads about every
     // millisecond (some MB/s: it keeps up with the room, but a 150 kB event takes it a while).
@@ -649,9 +645,7 @@ fn a_reconnect_storm_while_messages_flow_loses_nothing() {
     raise_nofile(4096);
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = testkit::xmpp::XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = testkit::xmpp::XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let addr = daemon.http;
     let drop_now = Arc::new(AtomicBool::new(false));

@@ -20,9 +20,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 fn setup(extra: &str) -> (Prosody, XmppClient, Daemon) {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], extra);
     (prosody, alice, daemon)
 }

@@ -86,9 +86,7 @@ fn stalled_subscribers_are_dropped_fast_ones_lose_nothing_memory_stays_bounded()
     let started = Instant::now();
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    prosody.register("alice", "pw");
-    let mut alice = XmppClient::connect(&prosody, "alice", "pw");
-    alice.join("lobby", "alice");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0\nmax_subscribers = 1200");
     let pid = daemon.pid();
     let ceiling = check_config_ceiling(daemon.config_path());

@@ -15,13 +15,6 @@ use testkit::xmpp::stanza_id;
 
 const T: Duration = Duration::from_secs(10);
 
-fn user(prosody: &Prosody, name: &str, room: &str) -> XmppClient {
-    prosody.register(name, "pw");
-    let mut c = XmppClient::connect(prosody, name, "pw");
-    c.join(room, name);
-    c
-}
-
 /// Messages events only, waiting for `n` of them.
 fn messages(sub: &mut SseClient, n: usize) -> Vec<SseEvent> {
     let mut out = Vec::new();
@@ -39,7 +32,7 @@ fn messages(sub: &mut SseClient, n: usize) -> Vec<SseEvent> {
 fn reconnect_with_last_event_id_gets_exactly_the_missed_messages() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -82,7 +75,7 @@ fn reconnect_with_last_event_id_gets_exactly_the_missed_messages() {
 fn an_id_the_ring_no_longer_holds_gets_a_gap_event_then_what_is_there() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "ring_events = 4\nhistory = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -120,7 +113,7 @@ fn an_id_the_ring_no_longer_holds_gets_a_gap_event_then_what_is_there() {
 fn history_seeds_the_ring_and_an_upstream_restart_duplicates_nothing() {
     let mut prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     for i in 0..3 {
         alice.send_groupchat("lobby", &format!("before start {i}"));
     }
@@ -152,7 +145,7 @@ fn history_seeds_the_ring_and_an_upstream_restart_duplicates_nothing() {
 fn stanza_ids_are_the_event_ids_when_the_room_has_mam() {
     let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -220,15 +213,13 @@ fn a_destroyed_room_ends_its_streams_and_answers_204() {
 fn join_leave_on_request_corrections_and_retractions() {
     let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "history = 0");
     let mut plain = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     let mut all = SseClient::connect(daemon.http, "/eventsource/lobby?events=join,leave", &[]);
     std::thread::sleep(Duration::from_millis(200));
 
-    prosody.register("bob", "pw");
-    let mut bob = XmppClient::connect(&prosody, "bob", "pw");
-    bob.join("lobby", "bob");
+    let mut bob = XmppClient::user(&prosody, "bob", &["lobby"]);
     let room = alice.room_jid("lobby");
     alice.send_raw(&format!(
         "<message to='{room}' type='groupchat' id='orig-1'><body>helo</body></message>"
@@ -283,7 +274,7 @@ fn join_leave_on_request_corrections_and_retractions() {
 fn several_rooms_on_one_stream_resume_every_room() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby", "news", "quiet"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     alice.join("news", "alice");
     let daemon = Daemon::start(&prosody, &["lobby", "news", "quiet"], "history = 0");
     let path = "/eventsource?room=lobby&room=news&room=quiet";
@@ -348,7 +339,7 @@ fn several_rooms_on_one_stream_resume_every_room() {
 fn resume_across_a_daemon_restart_right_after_it_starts() {
     let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let config = Daemon::config_text(&prosody, &["lobby"], "history = 20");
     let mut first = Daemon::spawn_raw(&config);
     first.wait_ready(&["lobby"], T);
@@ -401,7 +392,7 @@ fn resume_across_a_daemon_restart_right_after_it_starts() {
 fn a_resume_older_than_the_ring_is_filled_from_the_rooms_archive() {
     let prosody = Prosody::start_with("", r#"modules_enabled = { "muc_mam" }"#);
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     let daemon = Daemon::start(&prosody, &["lobby"], "ring_events = 4\nhistory = 0");
     let mut sub = SseClient::connect(daemon.http, "/eventsource/lobby", &[]);
     std::thread::sleep(Duration::from_millis(200));
@@ -442,7 +433,7 @@ fn a_resume_older_than_the_ring_is_filled_from_the_rooms_archive() {
 fn a_fanout_delay_holds_events_back_and_loses_none() {
     let prosody = Prosody::start();
     prosody.create_rooms(&["lobby"]);
-    let mut alice = user(&prosody, "alice", "lobby");
+    let mut alice = XmppClient::user(&prosody, "alice", &["lobby"]);
     // A ring smaller than the burst: events must be written before they are evicted.
     let daemon = Daemon::start(
         &prosody,
